@@ -1,0 +1,254 @@
+"""Run example applications end to end, as a user would, with real processes.
+
+A test gets a :class:`Harness` from the ``harness`` fixture (conftest.py) and
+
+1. starts ``wallaroo receive`` on port 0 and learns its port from stderr,
+2. starts ``wallaroo-run`` in the example's folder with every TCP source on
+   port 0 and the sink pointed at the receiver, and learns the source ports
+   from the startup line on stderr,
+3. feeds the sources with ``wallaroo send``,
+4. waits for ``wallaroo receive --expect N`` to exit 0, and
+5. stops ``wallaroo-run`` with SIGTERM and checks it exits 0.
+
+Everything started is killed in teardown. Only 127.0.0.1 is used.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+# the console scripts live next to the interpreter (.venv/bin); do not resolve
+# symlinks, the venv's python is a link to the system one
+BIN = Path(sys.executable).parent
+WALLAROO = str(BIN / "wallaroo")
+WALLAROO_RUN = os.environ.get("WALLAROO_E2E_RUN", str(BIN / "wallaroo-run"))
+HOST = "127.0.0.1"
+
+STARTUP_RE = re.compile(r"wallaroo: running \"(?P<app>[^\"]*)\" \(pid (?P<pid>\d+)\)(?P<rest>.*)")
+SOURCE_RE = re.compile(r'source "([^"]+)" at tcp://([0-9.]+):(\d+)')
+LISTENING_RE = re.compile(r"wallaroo receive: listening on ([0-9.]+):(\d+)")
+
+START_TIMEOUT = 20.0      # seconds for a process to print its ready line
+RUN_TIMEOUT = 30.0        # seconds for the expected output to arrive
+STOP_TIMEOUT = 15.0       # seconds for wallaroo-run to exit after SIGTERM
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (only for flags that cannot take port 0)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+class Proc:
+    """A child process whose stderr is collected line by line in the background."""
+
+    def __init__(self, name: str, argv: list[str], cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.cwd = cwd
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._eof = False
+        # own session: teardown can kill the process and any workers it spawned
+        self.popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, errors="replace", start_new_session=True)
+        self._reader = threading.Thread(target=self._read, name=f"{name}-stderr", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        """Everything the process printed so far (stdout and stderr)."""
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def describe(self) -> str:
+        code = self.popen.poll()
+        state = "running" if code is None else f"exited with {code}"
+        return (f"{self.name} ({state}): {' '.join(self.argv)}\n"
+                f"cwd: {self.cwd}\n--- output ---\n{self.output()}\n--------------")
+
+    def wait_for_line(self, pattern: re.Pattern[str], timeout: float = START_TIMEOUT) -> re.Match[str]:
+        """Wait until a printed line matches ``pattern``; fail with the whole output if not."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    match = pattern.search(line)
+                    if match:
+                        return match
+                seen = len(self.lines)
+                remaining = deadline - time.monotonic()
+                if self._eof or remaining <= 0:
+                    break
+                self._cond.wait(min(remaining, 0.2))
+        self.popen.poll()
+        reason = "ended" if self._eof else f"did not print it within {timeout:g} s"
+        raise AssertionError(f"expected a line matching {pattern.pattern!r} from {self.name}, "
+                             f"but it {reason}\n{self.describe()}")
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the exit code; fail with the whole output on timeout."""
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} did not exit within {timeout:g} s\n{self.describe()}") from None
+        self._reader.join(5)
+        return code
+
+    def signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signum)
+
+    def kill(self) -> None:
+        """Kill the process and its process group (workers it may have spawned)."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        elif self.popen.returncode is not None:
+            # the leader is gone; make sure no worker of its group survived
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.popen.stdout is not None:
+            self._reader.join(2)
+
+
+@dataclass
+class App:
+    """A running ``wallaroo-run`` and what its startup line said."""
+
+    proc: Proc
+    name: str
+    sources: dict[str, int] = field(default_factory=dict)   # TCP source name -> port
+    startup_line: str = ""
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code."""
+        self.proc.signal(signal.SIGTERM)
+        return self.proc.wait(STOP_TIMEOUT)
+
+
+@dataclass
+class Receiver:
+    proc: Proc
+    port: int
+    output: Path
+
+    def wait_done(self, timeout: float = RUN_TIMEOUT + 5) -> bytes:
+        """Wait for ``--expect`` to be reached (exit 0) and return what was written."""
+        code = self.proc.wait(timeout)
+        data = self.output.read_bytes() if self.output.exists() else b""
+        assert code == 0, (f"wallaroo receive exited with {code}; {len(data)} bytes arrived:\n"
+                           f"{data[-2000:]!r}\n{self.proc.describe()}")
+        return data
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: list[Proc] = []
+        self._counter = 0
+
+    def _start(self, name: str, argv: list[str], **kwargs) -> Proc:
+        proc = Proc(name, argv, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def receiver(self, expect: int, framed: bool = False, raw: bool = False,
+                 timeout: float = RUN_TIMEOUT) -> Receiver:
+        self._counter += 1
+        output = self.tmp_path / f"received-{self._counter}.out"
+        argv = [WALLAROO, "receive", "--listen", f"{HOST}:0", "--output", str(output),
+                "--expect", str(expect), "--timeout", str(timeout)]
+        if framed:
+            argv.append("--framed")
+        if raw:
+            argv.append("--raw")
+        proc = self._start("wallaroo receive", argv)
+        match = proc.wait_for_line(LISTENING_RE)
+        return Receiver(proc, int(match.group(2)), output)
+
+    def app(self, example: str, module: str, sources: list[str], out_port: int,
+            app_args: list[str] = (), original_style: bool = False,
+            cwd: Path | None = None, env: dict[str, str] | None = None,
+            extra_engine_args: list[str] = ()) -> App:
+        """Start ``wallaroo-run`` for ``examples/<example>/<module>.py``.
+
+        Every TCP source in ``sources`` is put on port 0 with ``--in``.
+        """
+        argv = [WALLAROO_RUN]
+        argv += ["--application-module", module] if original_style else ["--app", module]
+        if sources:
+            argv += ["--in", ",".join(f"{name}@{HOST}:0" for name in sources)]
+        argv += ["--out", f"{HOST}:{out_port}", *extra_engine_args, *app_args]
+        proc = self._start(f"wallaroo-run {module}", argv, cwd=cwd or EXAMPLES / example, env=env)
+        match = proc.wait_for_line(STARTUP_RE)
+        found = {name: int(port) for name, _host, port in SOURCE_RE.findall(match.group("rest"))}
+        missing = [name for name in sources if name not in found]
+        assert not missing, (f"the startup line names no TCP source {missing}:\n{match.group(0)}\n"
+                             f"{proc.describe()}")
+        assert all(port > 0 for port in found.values()), match.group(0)
+        assert f"sink tcp://{HOST}:{out_port}" in match.group(0), (
+            f"the startup line does not show the --out sink:\n{match.group(0)}")
+        return App(proc, match.group("app"), found, match.group(0))
+
+    def send(self, port: int, path: Path, binary: bool = False, timeout: float = RUN_TIMEOUT) -> None:
+        """Run ``wallaroo send`` to completion; it must exit 0."""
+        argv = [WALLAROO, "send", "--host", f"{HOST}:{port}", "--file", str(path), "--batch-size", "200"]
+        if binary:
+            argv.append("--binary")
+        proc = self._start("wallaroo send", argv)
+        code = proc.wait(timeout)
+        assert code == 0, f"wallaroo send exited with {code}\n{proc.describe()}"
+
+    def cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            proc.kill()
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    """Payloads of a buffer of u32-BE-length frames; the buffer must end on a frame boundary."""
+    payloads = []
+    pos = 0
+    while pos < len(data):
+        assert len(data) - pos >= 4, f"truncated header at byte {pos}"
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        end = pos + 4 + length
+        assert end <= len(data), f"truncated frame at byte {pos}"
+        payloads.append(data[pos + 4:end])
+        pos = end
+    return payloads

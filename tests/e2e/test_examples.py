@@ -1,0 +1,433 @@
+"""End-to-end and in-process tests of the example applications in examples/.
+
+Every test computes what the application must output with a plain-Python
+implementation of the same logic over the same input, and compares the real
+output with it exactly. One worker and one sender connection per source make
+the output order deterministic, so sequences are compared, not sets.
+
+The end-to-end tests run the real processes (see harness.py): ``wallaroo
+receive`` -> ``wallaroo-run`` -> ``wallaroo send``; the in-process tests use
+``wallaroo.testing.run`` with decoded values in place of the sources.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import string
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+import wallaroo
+import wallaroo.testing
+from harness import (EXAMPLES, HOST, START_TIMEOUT, STOP_TIMEOUT, WALLAROO_RUN, Proc,
+                     free_port, split_frames)
+
+pytestmark = pytest.mark.timeout(90)
+
+IN_PROCESS_TIMEOUT = 30.0
+
+
+def tcp_args(*sources: str) -> list[str]:
+    """Application args for wallaroo.testing.run (the apps parse --in/--out themselves)."""
+    return ["--in", ",".join(f"{name}@{HOST}:0" for name in sources), "--out", f"{HOST}:0"]
+
+
+def file_lines(path: Path) -> list[str]:
+    """The messages ``wallaroo send --file`` sends for a text file: one per line."""
+    lines = path.read_text("utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def text_lines(data: bytes) -> list[str]:
+    text = data.decode("utf-8")
+    assert text.endswith("\n") or not text, f"output does not end with a newline: {text[-200:]!r}"
+    return text.split("\n")[:-1] if text else []
+
+
+# ---------------------------------------------------------------------------------------------
+# word count
+
+WORD_COUNT_TEXT = EXAMPLES / "word_count" / "count_this.txt"
+
+
+def ref_word_count(lines: list[str]) -> list[str]:
+    """Every word (lowercased, outer punctuation stripped) with its running count."""
+    totals: dict[str, int] = {}
+    out = []
+    for line in lines:
+        for token in line.lower().split():
+            word = token.strip(string.punctuation)
+            if word:
+                totals[word] = totals.get(word, 0) + 1
+                out.append(f"{word} => {totals[word]}")
+    return out
+
+
+def test_word_count_reference_is_meaningful():
+    expected = ref_word_count(file_lines(WORD_COUNT_TEXT))
+    assert len(expected) == 482
+    assert "congress => 1" in expected and "shall => 2" in expected
+    # punctuation is stripped and case folded: "Congress" and "religion," count as plain words
+    assert all(re.fullmatch(r"(?:[a-z0-9][a-z0-9'-]*[a-z0-9]|[a-z0-9]) => \d+", line) for line in expected)
+
+
+def run_word_count(harness, original_style: bool, **app_kwargs) -> None:
+    lines = file_lines(WORD_COUNT_TEXT)
+    expected = ref_word_count(lines)
+    receiver = harness.receiver(expect=len(expected))
+    app = harness.app("word_count", "word_count", ["Split and Count"], receiver.port,
+                      original_style=original_style, **app_kwargs)
+    assert app.name == "Word Count Application"
+    harness.send(app.sources["Split and Count"], WORD_COUNT_TEXT)
+    got = text_lines(receiver.wait_done())
+    assert got == expected
+    assert app.stop() == 0, app.proc.describe()
+
+
+def test_word_count_e2e(harness):
+    run_word_count(harness, original_style=False)
+
+
+def test_word_count_original_invocation(harness, tmp_path):
+    """``--application-module`` found through PYTHONPATH, run from another directory."""
+    env = dict(os.environ, PYTHONPATH=str(EXAMPLES / "word_count"))
+    run_word_count(harness, original_style=True, cwd=tmp_path, env=env)
+
+
+def test_word_count_original_full_command_line(harness, tmp_path):
+    """The whole machida command line of the original README, Pony flags included."""
+    env = dict(os.environ, PYTHONPATH=str(EXAMPLES / "word_count"))
+    engine_args = [
+        "--metrics", f"{HOST}:{free_port()}",
+        "--control", f"{HOST}:{free_port()}",
+        "--data", f"{HOST}:{free_port()}",
+        "--name", "initializer",
+        "--external", f"{HOST}:{free_port()}",
+        "--cluster-initializer",
+        "--ponythreads=1", "--ponynoblock",
+    ]
+    run_word_count(harness, original_style=True, cwd=tmp_path, env=env, extra_engine_args=engine_args)
+
+
+def test_word_count_in_process(example):
+    mod = example("word_count", "word_count")
+    lines = file_lines(WORD_COUNT_TEXT)
+    [out] = wallaroo.testing.run(mod, {"Split and Count": lines},
+                                 timeout=IN_PROCESS_TIMEOUT, args=tcp_args("Split and Count"))
+    assert [f"{v.word} => {v.count}" for v in out] == ref_word_count(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# alphabet
+
+def ref_alphabet(pairs: list[tuple[str, int]]) -> list[str]:
+    totals: dict[str, int] = {}
+    out = []
+    for letter, votes in pairs:
+        totals[letter] = totals.get(letter, 0) + votes
+        out.append(f"{letter} => {totals[letter]}")
+    return out
+
+
+def test_alphabet_e2e(harness, example, tmp_path):
+    gen = example("alphabet", "gen_votes")
+    pairs = gen.generate(count=1000, seed=42)
+    assert pairs == gen.generate(count=1000, seed=42), "the generator must be deterministic"
+    assert len({letter for letter, _ in pairs}) == 26
+    data_file = tmp_path / "votes.msg"
+    data_file.write_bytes(gen.to_frames(pairs))
+    # the file really holds 5-byte frames of (letter, u32 votes)
+    assert [struct.unpack(">sI", p) for p in split_frames(data_file.read_bytes())][:3] == \
+        [(letter.encode(), votes) for letter, votes in pairs[:3]]
+
+    expected = ref_alphabet(pairs)
+    receiver = harness.receiver(expect=len(expected))
+    app = harness.app("alphabet", "alphabet", ["Alphabet Votes"], receiver.port)
+    harness.send(app.sources["Alphabet Votes"], data_file, binary=True)
+    assert text_lines(receiver.wait_done()) == expected
+    assert app.stop() == 0, app.proc.describe()
+
+
+def test_alphabet_in_process(example):
+    mod = example("alphabet", "alphabet")
+    pairs = example("alphabet", "gen_votes").generate(count=500, seed=3)
+    decoded = [mod.Votes(letter, votes) for letter, votes in pairs]
+    [out] = wallaroo.testing.run(mod, {"Alphabet Votes": decoded},
+                                 timeout=IN_PROCESS_TIMEOUT, args=tcp_args("Alphabet Votes"))
+    assert [f"{v.letter} => {v.votes}" for v in out] == ref_alphabet(pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# reverse
+
+REVERSE_WORDS = EXAMPLES / "reverse" / "words.txt"
+
+
+def test_reverse_e2e(harness):
+    lines = file_lines(REVERSE_WORDS)
+    expected = [line[::-1] for line in lines]
+    assert any(not line.isascii() for line in lines)    # the UTF-8 path is exercised
+    receiver = harness.receiver(expect=len(expected))
+    app = harness.app("reverse", "reverse", ["Reverse"], receiver.port)
+    harness.send(app.sources["Reverse"], REVERSE_WORDS)
+    assert text_lines(receiver.wait_done()) == expected
+    assert app.stop() == 0, app.proc.describe()
+
+
+def test_reverse_in_process(example):
+    mod = example("reverse", "reverse")
+    lines = file_lines(REVERSE_WORDS) + ["", "ab", "żółw"]
+    [out] = wallaroo.testing.run(mod, {"Reverse": lines},
+                                 timeout=IN_PROCESS_TIMEOUT, args=tcp_args("Reverse"))
+    assert out == [line[::-1] for line in lines]
+
+
+# ---------------------------------------------------------------------------------------------
+# celsius
+
+def ref_fahrenheit(readings: list[float]) -> list[float]:
+    return [c * 1.8 + 32 for c in readings]
+
+
+def test_celsius_e2e(harness, example, tmp_path):
+    gen = example("celsius", "gen_celsius")
+    readings = gen.generate(count=1000, seed=7)
+    data_file = tmp_path / "celsius.msg"
+    data_file.write_bytes(gen.to_frames(readings))
+    expected = [f"{f:.4f}" for f in ref_fahrenheit(readings)]
+
+    receiver = harness.receiver(expect=len(expected), framed=True)
+    app = harness.app("celsius", "celsius", ["Celsius"], receiver.port)
+    harness.send(app.sources["Celsius"], data_file, binary=True)
+    assert text_lines(receiver.wait_done()) == expected
+    assert app.stop() == 0, app.proc.describe()
+
+
+def test_celsius_in_process(example):
+    mod = example("celsius", "celsius")
+    readings = example("celsius", "gen_celsius").generate(count=300, seed=1) + [-40.0, 0.0, 100.0]
+    [out] = wallaroo.testing.run(mod, {"Celsius": readings},
+                                 timeout=IN_PROCESS_TIMEOUT, args=tcp_args("Celsius"))
+    assert out == ref_fahrenheit(readings)
+    assert out[-3:] == [-40.0, 32.0, 212.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# market spread
+
+ORDER_RESULT = struct.Struct(">BI6s4sddddQ")
+
+
+def ref_market_spread(events) -> list[tuple]:
+    """``events``: ("market", (symbol, time, bid, offer)) or ("order", (id, account, symbol,
+    side, quantity, price, time)) in processing order. Returns the rejected orders as the
+    tuples ``ORDER_RESULT`` unpacks to."""
+    quotes: dict[str, tuple[float, float]] = {}
+    rejected = []
+    for kind, fields in events:
+        if kind == "market":
+            symbol, _time, bid, offer = fields
+            quotes[symbol] = (bid, offer)
+            continue
+        order_id, account, symbol, side, quantity, price, transact_time = fields
+        if symbol in quotes:
+            bid, offer = quotes[symbol]
+            spread, mid = offer - bid, (bid + offer) / 2.0
+            reject = spread >= 0.05 or spread >= mid * 0.05
+        else:
+            bid, offer, reject = 0.0, 0.0, True
+        if reject:
+            rejected.append((side, order_id, account.encode(), symbol.encode().ljust(4),
+                             quantity, price, bid, offer, transact_time))
+    return rejected
+
+
+def check_market_reference(expected, orders):
+    assert 0 < len(expected) < len(orders), "the data must have both accepted and rejected orders"
+    # some rejections come only from the 5%-of-mid rule (penny stocks)
+    assert any(offer - bid < 0.05 for *_, bid, offer, _t in expected)
+
+
+def test_market_spread_e2e(harness, example, tmp_path):
+    gen = example("market_spread", "gen_market")
+    market, orders = gen.generate(quotes=2000, orders=2000, seed=11)
+    market_file = tmp_path / "market.msg"
+    orders_file = tmp_path / "orders.msg"
+    # the middle of the quotes holds a frame with the wrong type byte (an order): it is dropped
+    stray_order = gen.order_frames([(999999, "STRAY0", market[0][0], 1, 1.0, 1.0, 0)])
+    market_file.write_bytes(gen.market_frames(market[:1000]) + stray_order + gen.market_frames(market[1000:]))
+    orders_file.write_bytes(gen.order_frames(orders))
+
+    expected = ref_market_spread([("market", m) for m in market] + [("order", o) for o in orders])
+    check_market_reference(expected, orders)
+
+    receiver = harness.receiver(expect=len(expected), framed=True, raw=True)
+    app = harness.app("market_spread", "market_spread", ["Market Data", "Orders"], receiver.port)
+    # quotes first, then orders (as the original test did): give the engine a moment to
+    # take in every quote before orders arrive on the other connection
+    harness.send(app.sources["Market Data"], market_file, binary=True)
+    time.sleep(1.0)
+    harness.send(app.sources["Orders"], orders_file, binary=True)
+    payloads = split_frames(receiver.wait_done())
+    assert {len(p) for p in payloads} == {ORDER_RESULT.size}
+    assert [ORDER_RESULT.unpack(p) for p in payloads] == expected
+    assert app.stop() == 0, app.proc.describe()
+
+
+def test_market_spread_in_process(example):
+    """Quotes and orders interleaved in one known order, fed through the "Market Data" source
+    (the decoded values carry their own type), so updates after orders are checked too."""
+    mod = example("market_spread", "market_spread")
+    market, orders = example("market_spread", "gen_market").generate(quotes=1000, orders=1000, seed=5)
+    rng = random.Random(99)
+    events, m, o = [], 0, 0
+    events += [("market", q) for q in market[:5]]   # a few symbols are still unquoted afterwards
+    m = 5
+    while m < len(market) or o < len(orders):
+        if o >= len(orders) or (m < len(market) and rng.random() < 0.5):
+            events.append(("market", market[m]))
+            m += 1
+        else:
+            events.append(("order", orders[o]))
+            o += 1
+    decoded = [mod.MarketData(*fields) if kind == "market" else mod.Order(*fields) for kind, fields in events]
+    expected = ref_market_spread(events)
+    check_market_reference(expected, orders)
+    assert any(bid == offer == 0.0 for *_, bid, offer, _t in expected), "some orders precede any quote"
+
+    [out] = wallaroo.testing.run(mod, {"Market Data": decoded, "Orders": []},
+                                 timeout=IN_PROCESS_TIMEOUT, args=tcp_args("Market Data", "Orders"))
+    got = [(r.order.side, r.order.order_id, r.order.account.encode(), r.order.symbol.encode().ljust(4),
+            r.order.quantity, r.order.price, r.bid, r.offer, r.order.transact_time) for r in out]
+    assert got == expected
+    # and the encoder writes exactly the documented frame
+    frame = mod.encode_order_result.encode(out[0])
+    assert frame[:4] == struct.pack(">I", ORDER_RESULT.size) and ORDER_RESULT.unpack(frame[4:]) == expected[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# alerts (generator sources)
+
+def transactions(count: int, seed: int = 1) -> list[tuple[int, int]]:
+    """The (user, amount) stream the alerts generator is documented to produce:
+    64-bit LCG with Knuth's MMIX constants; user = bits 20.. mod 5, amount = bits 33.. mod 2500 - 1250."""
+    state, out = seed, []
+    for _ in range(count):
+        state = (state * 6364136223846793005 + 1442695040888963407) % 2**64
+        out.append(((state >> 20) % 5, (state >> 33) % 2500 - 1250))
+    return out
+
+
+def ref_alerts_stateless(txs) -> list[str]:
+    out = []
+    for user, amount in txs:
+        if amount > 1000:
+            out.append(f"Deposit Alert for user {user}: {amount}")
+        elif amount < -1000:
+            out.append(f"Withdrawal Alert for user {user}: {amount}")
+    return out
+
+
+def ref_alerts_stateful(txs) -> list[str]:
+    totals: dict[int, int] = {}
+    beyond: dict[int, int] = {}     # user -> +1 above 2000, -1 below -2000, 0 between
+    out = []
+    for user, amount in txs:
+        total = totals[user] = totals.get(user, 0) + amount
+        side = 1 if total > 2000 else -1 if total < -2000 else 0
+        if side and side != beyond.get(user, 0):
+            out.append(f"{'Deposit' if side > 0 else 'Withdrawal'} Alert for user {user}: total {total}")
+        beyond[user] = side
+    return out
+
+
+ALERTS = [("alerts_stateless", ref_alerts_stateless, "Alerts (stateless)"),
+          ("alerts_stateful", ref_alerts_stateful, "Alerts (stateful)")]
+
+
+@pytest.mark.parametrize("folder, reference, app_name", ALERTS, ids=[a[0] for a in ALERTS])
+def test_alerts_e2e_bounded(harness, folder, reference, app_name):
+    """``--count`` bounds the generator source, so the run ends by itself with exit 0."""
+    expected = reference(transactions(1000, seed=5))
+    assert 10 < len(expected) < 1000
+    assert any(a.startswith("Deposit") for a in expected) and any(a.startswith("Withdrawal") for a in expected)
+    receiver = harness.receiver(expect=len(expected))
+    app = harness.app(folder, "alerts", [], receiver.port, app_args=["--count", "1000", "--seed", "5"])
+    assert app.name == app_name
+    assert 'source "Transactions" at gen:' in app.startup_line
+    assert text_lines(receiver.wait_done()) == expected
+    code = app.proc.wait(STOP_TIMEOUT)      # no signal: the bounded source ends the run
+    assert code == 0, app.proc.describe()
+
+
+@pytest.mark.parametrize("folder, reference, app_name", ALERTS, ids=[a[0] for a in ALERTS])
+def test_alerts_in_process_generator(example, folder, reference, app_name):
+    mod = example(folder, "alerts")
+    [out] = wallaroo.testing.run(mod, {}, timeout=IN_PROCESS_TIMEOUT,
+                                 args=["--out", f"{HOST}:0", "--count", "2000"])
+    expected = reference(transactions(2000, seed=1))
+    assert len(expected) > 10
+    assert out == expected
+
+
+def test_alerts_stateless_thresholds_in_process(example):
+    mod = example("alerts_stateless", "alerts")
+    amounts = [1000, 1001, -1000, -1001, 0, 1249, -1250]
+    txs = [(i % 5, amount) for i, amount in enumerate(amounts)]
+    decoded = [mod.Transaction(i, user, amount, 0) for i, (user, amount) in enumerate(txs)]
+    [out] = wallaroo.testing.run(mod, {"Transactions": decoded}, timeout=IN_PROCESS_TIMEOUT,
+                                 args=["--out", f"{HOST}:0"])
+    assert out == ref_alerts_stateless(txs) == [
+        "Deposit Alert for user 1: 1001", "Withdrawal Alert for user 3: -1001",
+        "Deposit Alert for user 0: 1249", "Withdrawal Alert for user 1: -1250"]
+
+
+def test_alerts_stateful_crossings_in_process(example):
+    """Crossing, staying beyond, coming back and crossing again, per user."""
+    mod = example("alerts_stateful", "alerts")
+    txs = [(0, 1500), (1, 2000), (0, 600), (0, 100), (1, 1), (0, -300), (1, -1),
+           (0, 200), (0, -4200), (0, -1), (1, -4002), (1, 1)]
+    decoded = [mod.Transaction(i, user, amount, 0) for i, (user, amount) in enumerate(txs)]
+    [out] = wallaroo.testing.run(mod, {"Transactions": decoded}, timeout=IN_PROCESS_TIMEOUT,
+                                 args=["--out", f"{HOST}:0"])
+    expected = ref_alerts_stateful(txs)
+    assert expected == ["Deposit Alert for user 0: total 2100", "Deposit Alert for user 1: total 2001",
+                        "Deposit Alert for user 0: total 2100", "Withdrawal Alert for user 0: total -2100",
+                        "Withdrawal Alert for user 1: total -2002"]
+    # order is only promised per key
+    for user in (0, 1):
+        mine = [a for a in out if f"for user {user}:" in a]
+        assert mine == [a for a in expected if f"for user {user}:" in a]
+    assert len(out) == len(expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# setup errors
+
+def test_setup_error_missing_module(harness, tmp_path):
+    proc = harness._start("wallaroo-run", [WALLAROO_RUN, "--application-module", "no_such_module_xyz",
+                                           "--out", f"{HOST}:{free_port()}"], cwd=tmp_path)
+    assert proc.wait(START_TIMEOUT) == 2, proc.describe()
+    text = proc.output()
+    assert "no_such_module_xyz" in text
+    assert "Traceback" not in text, proc.describe()
+
+
+def test_setup_error_pipeline_without_sink(harness, tmp_path):
+    (tmp_path / "no_sink.py").write_text(
+        "import wallaroo\n"
+        "@wallaroo.decoder(header_length=4, length_fmt='>I')\n"
+        "def decode(payload):\n"
+        "    return payload\n"
+        "def application_setup(args):\n"
+        "    p = wallaroo.source('In', wallaroo.TCPSourceConfig('In', '127.0.0.1', '0', decode))\n"
+        "    return wallaroo.build_application('No Sink', p)\n")
+    proc = harness._start("wallaroo-run", [WALLAROO_RUN, "--app", "no_sink"], cwd=tmp_path)
+    assert proc.wait(START_TIMEOUT) == 2, proc.describe()
+    assert "sink" in proc.output().lower(), proc.describe()

@@ -1,0 +1,210 @@
+# cython: language_level=3
+"""Splitting byte streams into messages: length-prefixed frames and text lines.
+
+This is the first loop that touches every message coming off a socket or a file, so it is
+Cython: lengths in the common struct formats are read in C, and payloads are cut with one copy.
+
+Example::
+
+    >>> from wallaroo._core.frames import FrameReader
+    >>> r = FrameReader(4, ">I", max_size=100)
+    >>> r.feed(b"\\x00\\x00\\x00\\x02hi\\x00\\x00")
+    [b'hi']
+    >>> r.pending
+    2
+"""
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
+
+
+class FrameTooLarge(ValueError):
+    """A frame announced a payload longer than the reader's ``max_size``.
+
+    Example::
+
+        >>> FrameTooLarge(70000, 16384).length
+        70000
+    """
+
+    def __init__(self, length, max_size):
+        self.length = length
+        self.max_size = max_size
+        super().__init__(f"frame of {length} bytes is longer than max_size={max_size}")
+
+
+# How a header's bytes become a length: read in C for the usual struct formats.
+cdef enum LengthCode:
+    CALLBACK = 0
+    BIG = 1
+    LITTLE = 2
+
+
+cdef inline uint64_t _read_uint(const unsigned char* p, int n, bint big) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    if big:
+        for i in range(n):
+            v = (v << 8) | p[i]
+    else:
+        for i in range(n - 1, -1, -1):
+            v = (v << 8) | p[i]
+    return v
+
+
+cdef class FrameReader:
+    """Cuts ``header_length``-byte length headers and their payloads out of a byte stream.
+
+    ``length_fmt`` is a struct format; ``>I``, ``!H``, ``<Q``, ``B`` and the like are read in C,
+    anything else through ``payload_length(header)`` (a decoder's method). ``max_size`` (0 = no
+    limit) bounds a payload: a longer one raises FrameTooLarge.
+
+    Example::
+
+        >>> r = FrameReader(2, ">H")
+        >>> r.feed(b"\\x00\\x01a\\x00"), r.feed(b"\\x01b")
+        ([b'a'], [b'b'])
+    """
+
+    cdef bytearray _buffer
+    cdef int _header_length
+    cdef int _code
+    cdef object _payload_length
+    cdef Py_ssize_t _max_size
+    cdef readonly unsigned long long frames
+
+    def __init__(self, int header_length=4, length_fmt=">I", payload_length=None,
+                 Py_ssize_t max_size=0):
+        if header_length <= 0:
+            raise ValueError(f"header_length must be positive, got {header_length}")
+        self._buffer = bytearray()
+        self._header_length = header_length
+        self._payload_length = payload_length
+        self._max_size = max_size
+        self.frames = 0
+        self._code = _length_code(length_fmt, header_length)
+        if self._code == CALLBACK and payload_length is None:
+            raise ValueError(f"length_fmt {length_fmt!r} needs a payload_length callable")
+
+    @property
+    def pending(self):
+        """Bytes held back because they do not yet make a whole frame."""
+        return len(self._buffer)
+
+    cdef Py_ssize_t _length_at(self, const unsigned char* p) except -1:
+        cdef object n
+        if self._code == BIG:
+            return <Py_ssize_t>_read_uint(p, self._header_length, True)
+        if self._code == LITTLE:
+            return <Py_ssize_t>_read_uint(p, self._header_length, False)
+        n = self._payload_length(PyBytes_FromStringAndSize(<const char*>p, self._header_length))
+        if n < 0:
+            raise ValueError(f"payload_length returned a negative length {n}")
+        return n
+
+    cpdef list feed(self, data):
+        """Take the next bytes of the stream; return the payloads of every frame now complete."""
+        cdef bytes chunk
+        if self._buffer:
+            self._buffer += data
+            chunk = bytes(self._buffer)
+            self._buffer.clear()
+        elif type(data) is bytes:
+            chunk = <bytes>data
+        else:
+            chunk = bytes(data)
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(chunk)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(chunk)
+        cdef Py_ssize_t pos = 0, length
+        cdef int h = self._header_length
+        cdef list out = []
+        try:
+            while size - pos >= h:
+                length = self._length_at(p + pos)
+                if self._max_size and length > self._max_size:
+                    raise FrameTooLarge(length, self._max_size)
+                if size - pos - h < length:
+                    break
+                out.append(PyBytes_FromStringAndSize(<const char*>(p + pos + h), length))
+                pos += h + length
+        finally:
+            if pos < size:
+                self._buffer += chunk[pos:]
+            self.frames += len(out)
+        return out
+
+
+cdef int _length_code(object fmt, int header_length) except -1:
+    if not isinstance(fmt, str) or len(fmt) == 0:
+        return CALLBACK
+    cdef str order = "@"
+    cdef str letter = fmt
+    if fmt[0] in "<>!=@":
+        order, letter = fmt[0], fmt[1:]
+    sizes = {"B": 1, "H": 2, "I": 4, "L": 4, "Q": 8}
+    if letter not in sizes or sizes[letter] != header_length:
+        return CALLBACK
+    if letter == "B" or order in ">!":
+        return BIG
+    if order == "<":
+        return LITTLE
+    return CALLBACK
+
+
+cdef class LineReader:
+    """Cuts a byte stream into text lines (UTF-8, newline and a trailing ``\\r`` removed).
+
+    Example::
+
+        >>> r = LineReader()
+        >>> r.feed(b"one\\ntw"), r.feed(b"o\\r\\n"), r.finish()
+        (['one'], ['two'], [])
+    """
+
+    cdef bytearray _buffer
+    cdef readonly unsigned long long lines
+
+    def __init__(self):
+        self._buffer = bytearray()
+        self.lines = 0
+
+    @property
+    def pending(self):
+        """Bytes of a line not yet ended by a newline."""
+        return len(self._buffer)
+
+    cpdef list feed(self, data):
+        """Take the next bytes; return every line now complete."""
+        cdef bytes chunk = bytes(data)
+        cdef Py_ssize_t cut = chunk.rfind(b"\n")
+        if cut < 0:
+            self._buffer += chunk
+            return []
+        cdef bytes head
+        if self._buffer:
+            self._buffer += chunk[:cut]
+            head = bytes(self._buffer)
+            self._buffer.clear()
+        else:
+            head = chunk[:cut]
+        self._buffer += chunk[cut + 1:]
+        return self._split(head)
+
+    cpdef list finish(self):
+        """End of stream: the last line if it had no newline."""
+        if not self._buffer:
+            return []
+        cdef bytes rest = bytes(self._buffer)
+        self._buffer.clear()
+        return self._split(rest)
+
+    cdef list _split(self, bytes block):
+        cdef list out = block.decode("utf-8").split("\n")
+        cdef Py_ssize_t i
+        cdef str line
+        if b"\r" in block:
+            for i in range(len(out)):
+                line = out[i]
+                if line.endswith("\r"):
+                    out[i] = line[:-1]
+        self.lines += len(out)
+        return out

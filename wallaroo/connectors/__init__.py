@@ -1,0 +1,1 @@
+"""Sources and sinks: TCP, files, stdout, generators, iterables, and in-memory collection."""

@@ -1,0 +1,98 @@
+"""Sources that produce values in-process: generators (``GenSourceConfig``) and iterables.
+
+They run flat out in natural batches of up to MAX_BATCH values, yielding to the event loop
+between batches and waiting while back-pressure holds the gate closed.
+
+Example::
+
+    >>> IterSource.bounded, GenSource.bounded
+    (True, True)
+"""
+from __future__ import annotations
+
+import asyncio
+
+from wallaroo.connectors.base import MAX_BATCH, Source
+
+
+class _ProducerSource(Source):
+    """Pull values from ``_values()`` and emit them a batch at a time."""
+
+    bounded = True
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        self._count = 0
+
+    async def start(self) -> None:
+        self._produce_in_background(self._produce())
+
+    def _values(self):
+        raise NotImplementedError
+
+    async def _produce(self) -> None:
+        batch: list = []
+        for value in self._values():
+            batch.append(value)
+            if len(batch) >= MAX_BATCH:
+                if not self._emit(batch):
+                    return
+                batch = []
+                await asyncio.sleep(0)
+                await self.ctx.flow.wait_open()
+        if batch:
+            self._emit(batch)
+
+    def _emit(self, batch: list) -> bool:
+        self._count += len(batch)
+        return self.ctx.emit(batch)
+
+    def describe(self) -> str:
+        return self.config.describe()
+
+
+class IterSource(_ProducerSource):
+    """Values of an iterable, as they are.
+
+    Example::
+
+        >>> IterSource.progress.__doc__.split(":")[0]
+        '(items emitted, len(iterable) when it has one)'
+    """
+
+    def _values(self):
+        return iter(self.config.iterable)
+
+    def progress(self) -> tuple[int, int | None]:
+        """(items emitted, len(iterable) when it has one): how far the source has got."""
+        try:
+            total = len(self.config.iterable)
+        except TypeError:
+            total = None
+        return (self._count, total)
+
+
+class GenSource(_ProducerSource):
+    """``gen.initial_value()``, then ``gen.apply(previous)`` until it returns None.
+
+    A generator that raises ends the source; the error goes to the run's error policy.
+
+    Example::
+
+        >>> GenSource.bounded
+        True
+    """
+
+    def _values(self):
+        gen = self.config.gen
+        value = gen.initial_value()
+        while value is not None:
+            yield value
+            try:
+                value = gen.apply(value)
+            except Exception as exc:
+                self.ctx.user_error(f"{self.ctx.name} generator", value, exc)
+                return
+
+    def progress(self) -> tuple[int, int | None]:
+        return (self._count, None)

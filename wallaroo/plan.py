@@ -1,0 +1,139 @@
+"""The physical plan: the logical graph cut into fused chains joined by edges.
+
+Consecutive stages with one input and one output run fused in one chain. A chain ends where the
+graph fans out or merges, and before every stateful stage: that edge is an *exchange*, the place
+where messages must reach the worker that owns their key group. On one worker an exchange hands
+the batch straight on; with many workers it routes by key group.
+
+Example::
+
+    >>> import wallaroo
+    >>> split = wallaroo.computation_multi(name="split")(str.split)
+    >>> class Count:
+    ...     n = 0
+    >>> count = wallaroo.state_computation(name="count", state=Count)(lambda w, s: w)
+    >>> p = (wallaroo.source("text", wallaroo.IterSourceConfig("text", []))
+    ...      .to(split).key_by(lambda w: w).to(count)
+    ...      .to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str))))
+    >>> plan = PhysicalPlan(wallaroo.build_application("wc", p).graph)
+    >>> [[n.name for n in c.nodes] for c in plan.chains]
+    [['split', '<lambda>'], ['count']]
+    >>> [(e.exchange, type(e.target).__name__) for e in plan.chains[0].edges]
+    [(True, 'ChainSpec')]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wallaroo import graph as g
+from wallaroo.errors import NotSupportedYet
+
+
+@dataclass(eq=False)
+class ChainSpec:
+    """A run of fused stage nodes and the edges leaving its last one."""
+
+    nodes: list = field(default_factory=list)
+    edges: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The chain's name: its stages joined by arrows."""
+        return " -> ".join(n.name for n in self.nodes)
+
+
+@dataclass(eq=False)
+class Edge:
+    """Where a chain's (or a source's) output goes: a chain or a sink node; ``exchange`` marks
+    an edge on which messages are routed by key group."""
+
+    target: object
+    exchange: bool
+
+
+class PhysicalPlan:
+    """Chains, and the edges from every source, for one logical graph.
+
+    ``source_edges[source_node]`` lists where a source's batches go; ``chains`` are in
+    topological order; ``sinks`` are the sink nodes in the order they were added.
+    """
+
+    def __init__(self, graph: g.LogicalGraph):
+        self.graph = graph
+        self._refuse_unsupported()
+        self.chains: list[ChainSpec] = []
+        self._chain_of: dict[g.Node, ChainSpec] = {}
+        for node in graph.nodes:
+            if node.kind in (g.SOURCE, g.SINK, g.MERGE):
+                continue
+            parent = node.inputs[0]
+            if self._fuses(parent, node):
+                chain = self._chain_of[parent]
+            else:
+                chain = ChainSpec()
+                self.chains.append(chain)
+            chain.nodes.append(node)
+            self._chain_of[node] = chain
+        for chain in self.chains:
+            chain.edges = self._edges_from(chain.nodes[-1])
+        self.source_edges = {src: self._edges_from(src) for src in graph.sources}
+        self.sinks = graph.sinks
+
+    def _refuse_unsupported(self) -> None:
+        for node in self.graph.nodes:
+            if node.kind == g.WINDOW:
+                raise NotSupportedYet(
+                    f"stage {node.spec.describe()}: windows are not supported by this version of "
+                    f"the engine yet; aggregate with a state_computation for now"
+                )
+            if node.kind == g.SOURCE and node.options.get("event_time") is not None:
+                raise NotSupportedYet(
+                    f"source {node.name!r}: event_time= is not supported by this version of the "
+                    f"engine yet (event time is the ingest time)"
+                )
+
+    def _fuses(self, parent: g.Node, node: g.Node) -> bool:
+        return (
+            parent in self._chain_of
+            and len(node.inputs) == 1
+            and len(self.graph.children[parent]) == 1
+            and not self._is_exchange(node)
+        )
+
+    @staticmethod
+    def _is_exchange(node: g.Node) -> bool:
+        return node.kind in g.STATEFUL
+
+    def _edges_from(self, node: g.Node) -> list[Edge]:
+        edges: list[Edge] = []
+        for child in self.graph.children[node]:
+            if child.kind == g.MERGE:
+                edges.extend(self._edges_from(child))
+            elif child.kind == g.SINK:
+                edges.append(Edge(child, False))
+            elif self._chain_of[child].nodes[0] is child:
+                edges.append(Edge(self._chain_of[child], self._is_exchange(child)))
+        return edges
+
+    def describe(self) -> str:
+        """A readable outline of the plan, one chain a line.
+
+        Example::
+
+            >>> print(PhysicalPlan.__doc__.splitlines()[0])
+            Chains, and the edges from every source, for one logical graph.
+        """
+        lines = []
+        for src, edges in self.source_edges.items():
+            lines.append(f"source {src.name!r} -> {self._targets(edges)}")
+        for chain in self.chains:
+            lines.append(f"[{chain.name}] -> {self._targets(chain.edges)}")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _targets(edges: list[Edge]) -> str:
+        names = []
+        for e in edges:
+            name = e.target.name if isinstance(e.target, g.Node) else f"[{e.target.name}]"
+            names.append(("exchange " if e.exchange else "") + name)
+        return ", ".join(names) or "(nothing)"

@@ -1,0 +1,75 @@
+"""Back-pressure: one gate per worker that sinks close when they cannot keep up.
+
+While any sink holds the gate closed, socket sources stop reading (their kernel buffers fill and
+TCP pushes back on the sender) and producer sources wait. Memory stays bounded whatever the
+input rate.
+
+Example::
+
+    >>> gate = FlowControl()
+    >>> gate.block("sink"); gate.paused
+    True
+    >>> gate.unblock("sink"); gate.paused
+    False
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+
+class FlowControl:
+    """The back-pressure gate: ``block``/``unblock`` by sinks, ``wait_open``/``subscribe`` by
+    sources.
+
+    Example::
+
+        >>> events = []
+        >>> gate = FlowControl()
+        >>> gate.subscribe(lambda: events.append("pause"), lambda: events.append("resume"))
+        >>> gate.block(1); gate.block(2); gate.unblock(1); gate.unblock(2); events
+        ['pause', 'resume']
+    """
+
+    def __init__(self):
+        self._blockers: set = set()
+        self._open: asyncio.Event | None = None
+        self._listeners: list[tuple[Callable[[], None], Callable[[], None]]] = []
+
+    @property
+    def paused(self) -> bool:
+        """True while some sink holds the gate closed."""
+        return bool(self._blockers)
+
+    def block(self, who) -> None:
+        """Close the gate on behalf of ``who`` (a sink)."""
+        was_open = not self._blockers
+        self._blockers.add(who)
+        if was_open:
+            if self._open is not None:
+                self._open.clear()
+            for pause, _ in self._listeners:
+                pause()
+
+    def unblock(self, who) -> None:
+        """Release ``who``'s hold; the gate opens when nobody holds it."""
+        if who not in self._blockers:
+            return
+        self._blockers.discard(who)
+        if not self._blockers:
+            if self._open is not None:
+                self._open.set()
+            for _, resume in self._listeners:
+                resume()
+
+    def subscribe(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        """Call ``pause()`` when the gate closes and ``resume()`` when it opens."""
+        self._listeners.append((pause, resume))
+
+    async def wait_open(self) -> None:
+        """Return at once if the gate is open, else when it opens."""
+        if not self._blockers:
+            return
+        if self._open is None:
+            self._open = asyncio.Event()
+        await self._open.wait()

@@ -1,0 +1,299 @@
+"""``wallaroo-run``: load an application module, apply engine flags, run one worker.
+
+Engine flags are taken out of the command line; everything else reaches
+``application_setup(args)``. ``--in`` and ``--out`` are both: the engine applies them to the TCP
+sources (by name) and TCP sinks (in order), and they stay in ``args`` for apps that parse them.
+
+Exit codes: 0 clean stop or bounded input done; 1 a stage failed or output could not be
+delivered; 2 the application or the command line is wrong (one clear line says what).
+
+Example::
+
+    >>> split_engine_flags(["--app", "wc", "--in", "a@h:1", "--ponythreads", "1", "--x"])[1]
+    ['--in', 'a@h:1', '--x']
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+import traceback
+
+import wallaroo
+from wallaroo.api.configs import TCPSinkConfig, TCPSourceConfig
+from wallaroo.api.helpers import tcp_parse_input_addrs, tcp_parse_output_addrs
+from wallaroo.api.pipeline import Application
+from wallaroo.errors import StageFailed, WallarooParameterError
+from wallaroo.runtime.errors import POLICIES
+from wallaroo.runtime.worker import RunOptions, StartupError, Worker
+
+log = logging.getLogger("wallaroo")
+
+# flag -> (destination, takes a value, acts now). Flags that do not act yet are accepted and
+# named in a note; they belong to clustering, resilience and metrics.
+ENGINE_FLAGS: dict[str, tuple[str, bool, bool]] = {}
+
+
+def _flag(names: str, dest: str, value: bool, acts: bool = True) -> None:
+    for name in names.split():
+        ENGINE_FLAGS[name] = (dest, value, acts)
+
+
+_flag("--application-module", "module", True)
+_flag("--app", "app", True)
+_flag("--on-error", "on_error", True)
+_flag("--dead-letter", "dead_letter", True)
+_flag("--key-groups", "key_groups", True)
+_flag("--flush-timeout", "flush_timeout", True)
+_flag("--no-progress", "no_progress", False)
+_flag("-h --help", "help", False)
+_flag("--workers", "workers", True, acts=False)
+_flag("--cluster-initializer -t", "cluster_initializer", False, acts=False)
+_flag("--worker-count -w", "worker_count", True, acts=False)
+_flag("--control -c", "control", True, acts=False)
+_flag("--data -d", "data", True, acts=False)
+_flag("--my-control -x", "my_control", True, acts=False)
+_flag("--my-data -y", "my_data", True, acts=False)
+_flag("--external -e", "external", True, acts=False)
+_flag("--name -n", "name", True, acts=False)
+_flag("--join -j", "join", True, acts=False)
+_flag("--metrics -m", "metrics", True, acts=False)
+_flag("--resilience-dir -r", "resilience_dir", True, acts=False)
+_flag("--run-with-resilience", "run_with_resilience", False, acts=False)
+_flag("--time-between-checkpoints", "time_between_checkpoints", True, acts=False)
+_flag("--log-rotation", "log_rotation", False, acts=False)
+_flag("--event-log-file-size -l", "event_log_file_size", True, acts=False)
+_flag("--stop-pause -u", "stop_pause", True, acts=False)
+PONY_FLAGS = ("--ponythreads", "--ponyminthreads", "--ponynoblock", "--ponypin", "--ponypinasio",
+              "--ponynoscale", "--ponycdmin", "--ponycdmax", "--ponygcinitial", "--ponygcfactor")
+PONY_VALUE_FLAGS = ("--ponythreads", "--ponyminthreads", "--ponycdmin", "--ponycdmax",
+                    "--ponygcinitial", "--ponygcfactor")
+
+USAGE = """usage: wallaroo-run (--app MODULE[:ATTR] | --application-module MODULE) [options] [app args]
+
+Runs a wallaroo application. MODULE is imported from the current directory or PYTHONPATH;
+ATTR is an application object or a function like application_setup(args).
+
+options:
+  --in NAME@HOST:PORT[,...]   address of the TCP source NAME (port 0 picks a free port)
+  --out HOST:PORT[,...]       addresses of the TCP sinks, in the order they were added
+  --on-error fail|skip|dead-letter
+                              when a computation raises: stop cleanly (default), skip the
+                              message, or skip it and write it to the dead-letter file
+  --dead-letter PATH          dead-letter file (JSON lines) for bad input and skipped errors
+  --key-groups N              number of key groups (default 2048)
+  --flush-timeout SECONDS     how long to wait for sinks at the end (default 30)
+  --no-progress               no progress line for bounded runs on a terminal
+Original Wallaroo flags (--workers, --cluster-initializer, --resilience-dir, --metrics, ...)
+are accepted; Pony runtime flags (--ponythreads, ...) are accepted and ignored.
+Everything else is passed to application_setup(args)."""
+
+
+class UsageError(Exception):
+    """A command-line or application problem, reported as one line with exit code 2."""
+
+
+def split_engine_flags(argv: list[str]) -> tuple[dict, list[str]]:
+    """Separate engine flags (returned as a dict) from the application's args.
+
+    ``--in`` and ``--out`` stay in the application's args.
+
+    Example::
+
+        >>> split_engine_flags(["--on-error=skip", "--out", "h:1"])
+        ({'on_error': 'skip'}, ['--out', 'h:1'])
+    """
+    flags: dict = {}
+    app_args: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name in ENGINE_FLAGS:
+            dest, takes_value, _ = ENGINE_FLAGS[name]
+            if takes_value:
+                if eq:
+                    value = inline
+                elif i + 1 < len(argv):
+                    i += 1
+                    value = argv[i]
+                else:
+                    raise UsageError(f"{name} needs a value")
+                flags[dest] = value
+            else:
+                flags[dest] = True
+        elif name.startswith("--ponypin") or name in PONY_FLAGS:
+            if name in PONY_VALUE_FLAGS and not eq and i + 1 < len(argv):
+                i += 1
+        else:
+            app_args.append(arg)
+        i += 1
+    return flags, app_args
+
+
+def load_application(target: str, args: list[str]) -> tuple[Application, object]:
+    """Import ``module[:attr]`` and build its application; returns (application, module).
+
+    Example::
+
+        >>> load_application("no_such_module_here", [])
+        Traceback (most recent call last):
+        ...
+        wallaroo.runtime.launcher.UsageError: cannot import application module ...
+    """
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise UsageError(
+                f"cannot import application module {module_name!r}: {exc}. Run wallaroo-run from "
+                f"the folder that holds {module_name.split('.')[0]}.py, or add it to PYTHONPATH"
+            ) from None
+        raise
+    obj = module
+    for part in (attr or "application_setup").split("."):
+        if not hasattr(obj, part):
+            if not attr:
+                raise UsageError(
+                    f"module {module_name!r} has no application_setup(args); define it (returning "
+                    f"wallaroo.build_application(...)) or name the application with "
+                    f"--app {module_name}:NAME"
+                )
+            raise UsageError(f"module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    app = obj if isinstance(obj, Application) else obj(args) if callable(obj) else obj
+    if not isinstance(app, Application):
+        raise UsageError(
+            f"{target} gave {type(app).__name__}, not an application: application_setup(args) "
+            f"must return wallaroo.build_application(name, pipeline)"
+        )
+    if callable(getattr(module, "serialize", None)) and callable(getattr(module, "deserialize", None)):
+        app.serializer = (module.serialize, module.deserialize)
+    return app, module
+
+
+def address_overrides(app: Application, app_args: list[str]) -> tuple[dict, dict]:
+    """Source and sink configs that ``--in``/``--out`` put in place of the app's own.
+
+    Example::
+
+        >>> address_overrides.__name__
+        'address_overrides'
+    """
+    sources: dict = {}
+    sinks: dict = {}
+    if any(a in ("--in", "-i") or a.startswith("--in=") for a in app_args):
+        by_name = {n.name: n for n in app.graph.sources}
+        for name, host, port in tcp_parse_input_addrs(app_args):
+            node = by_name.get(name) or next(
+                (n for n in app.graph.sources if getattr(n.spec, "name", None) == name), None)
+            if node is None:
+                raise UsageError(f"--in names source {name!r}, but the application's sources are "
+                                 f"{', '.join(repr(n) for n in by_name)}")
+            cfg = node.spec
+            if not isinstance(cfg, TCPSourceConfig):
+                raise UsageError(f"--in {name}@...: source {name!r} is not a TCP source")
+            sources[node.name] = TCPSourceConfig(cfg.name, host, port, cfg.decoder,
+                                                 max_size=cfg.max_size)
+    if any(a in ("--out", "-o") or a.startswith("--out=") for a in app_args):
+        tcp_sinks = [(i, n) for i, n in enumerate(app.graph.sinks) if isinstance(n.spec, TCPSinkConfig)]
+        addresses = tcp_parse_output_addrs(app_args)
+        if len(addresses) > len(tcp_sinks):
+            raise UsageError(f"--out gives {len(addresses)} addresses but the application has "
+                             f"{len(tcp_sinks)} TCP sink(s)")
+        for (position, node), (host, port) in zip(tcp_sinks, addresses):
+            sinks[position] = TCPSinkConfig(host, port, node.spec.encoder)
+    return sources, sinks
+
+
+def _options(flags: dict) -> RunOptions:
+    on_error = flags.get("on_error", "fail")
+    if on_error not in POLICIES:
+        raise UsageError(f"--on-error {on_error!r}: choose one of {', '.join(POLICIES)}")
+    try:
+        key_groups = int(flags.get("key_groups", RunOptions.key_groups))
+        flush_timeout = float(flags.get("flush_timeout", RunOptions.flush_timeout))
+    except ValueError as exc:
+        raise UsageError(f"bad number: {exc}") from None
+    if key_groups <= 0:
+        raise UsageError("--key-groups must be a positive number")
+    return RunOptions(on_error=on_error, dead_letter=flags.get("dead_letter"),
+                      key_groups=key_groups, flush_timeout=flush_timeout,
+                      show_progress=not flags.get("no_progress"))
+
+
+async def _run(worker: Worker, app_name: str):
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, worker.request_stop)
+
+    def started(w: Worker) -> None:
+        print(f'wallaroo: running "{app_name}" (pid {os.getpid()}) | {w.describe()}',
+              file=sys.stderr, flush=True)
+
+    return await worker.run(on_started=started)
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("wallaroo: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``wallaroo-run`` with ``argv`` (default: sys.argv[1:]); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
+    try:
+        flags, app_args = split_engine_flags(argv)
+        if flags.get("help"):
+            print(USAGE)
+            return 0
+        target = flags.get("app") or flags.get("module")
+        if not target:
+            raise UsageError("name the application with --app MODULE[:ATTR] or "
+                             "--application-module MODULE (see wallaroo-run --help)")
+        later = sorted({name for name, (dest, _, acts) in ENGINE_FLAGS.items()
+                        if not acts and dest in flags and name.startswith("--")})
+        if later:
+            log.warning("note: %s accepted; clustering, resilience and metrics are not in this "
+                        "version yet, so this runs as one worker without them", ", ".join(later))
+        options = _options(flags)
+        wallaroo._ARGS = ["wallaroo-run", *argv]
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        app, _ = load_application(target, app_args)
+        source_configs, sink_configs = address_overrides(app, app_args)
+        worker = Worker(app, options, source_configs, sink_configs)
+    except (UsageError, WallarooParameterError) as exc:
+        print(f"wallaroo-run: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        print("wallaroo-run: the application module failed while loading (traceback above)",
+              file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(_run(worker, app.name))
+    except StartupError as exc:
+        print(f"wallaroo-run: {exc}", file=sys.stderr)
+        return 2
+    for line in worker.errors.summary():
+        log.warning("%s", line)
+    if isinstance(result.failure, StageFailed):
+        failure = result.failure
+        sys.stderr.write(getattr(failure, "traceback_text", ""))
+        print(f"wallaroo-run: stopped: {failure}. Fix the stage, or run with --on-error skip or "
+              f"--on-error dead-letter to go on past such inputs", file=sys.stderr)
+    elif result.failure is not None:
+        print(f"wallaroo-run: stopped by an internal error: {result.failure!r}", file=sys.stderr)
+    if result.undelivered:
+        print(f"wallaroo-run: output was not fully delivered to: {', '.join(result.undelivered)}",
+              file=sys.stderr)
+    return result.exit_code

@@ -1,0 +1,296 @@
+"""One worker: builds the chains of a plan, opens sources and sinks, runs on one event loop.
+
+All user code runs on the loop's thread. Sources hand natural batches to their chains; chains
+run fused in Cython down to the sinks. A run ends when every source is bounded and done, when
+it is asked to stop (a signal), or when a stage fails under the ``fail`` policy; in every case
+sources stop first and sinks are flushed before the run returns.
+
+Example::
+
+    >>> import asyncio, wallaroo
+    >>> p = (wallaroo.source("n", wallaroo.IterSourceConfig("n", [1, 2]))
+    ...      .to(wallaroo.computation(name="inc")(lambda x: x + 1))
+    ...      .to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(lambda x: f"{x}\\n"))))
+    >>> result = asyncio.run(Worker(wallaroo.build_application("inc", p)).run())
+    2
+    3
+    >>> result.exit_code
+    0
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from wallaroo import graph as g
+from wallaroo._core.chain import (
+    Batch, Chain, ConstantKeyOp, DecodeOp, EncodeOp, FlatMapOp, KeyByOp, MapOp, StateOp,
+)
+from wallaroo._core.hashing import DEFAULT_KEY_GROUPS, key_group
+from wallaroo.connectors.base import Sink
+from wallaroo.connectors.files import FileSink, FileSource, StdoutSink
+from wallaroo.connectors.generated import GenSource, IterSource
+from wallaroo.connectors.memory import CollectingSink
+from wallaroo.connectors.tcp import TCPSink, TCPSource
+from wallaroo.errors import NotSupportedYet, StageFailed
+from wallaroo.plan import PhysicalPlan
+from wallaroo.runtime.errors import ErrorPolicy
+from wallaroo.runtime.flow import FlowControl
+from wallaroo.runtime.progress import ProgressReporter
+
+log = logging.getLogger("wallaroo")
+
+SOURCES = {"tcp": TCPSource, "file": FileSource, "gen": GenSource, "iter": IterSource}
+SINKS = {"tcp": TCPSink, "file": FileSink, "stdout": StdoutSink, "memory": CollectingSink}
+#: Sources whose raw input is bytes that the config's decoder turns into values.
+DECODED_SOURCES = ("tcp",)
+
+
+@dataclass
+class RunOptions:
+    """How a worker runs: error policy, dead-letter file, key groups, flush time, progress.
+
+    Example::
+
+        >>> RunOptions().on_error
+        'fail'
+    """
+
+    on_error: str = "fail"
+    dead_letter: str | None = None
+    key_groups: int = DEFAULT_KEY_GROUPS
+    flush_timeout: float = 30.0
+    show_progress: bool = False
+
+
+@dataclass
+class RunResult:
+    """How a run ended. ``exit_code``: 0 clean, 1 a stage failed or output was lost.
+
+    Example::
+
+        >>> RunResult().exit_code
+        0
+    """
+
+    failure: BaseException | None = None
+    undelivered: list = field(default_factory=list)
+    error_counts: dict = field(default_factory=dict)
+    ingested: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failure is not None or self.undelivered else 0
+
+
+class StartupError(Exception):
+    """A source or sink could not be opened; the message says which and why."""
+
+
+class SourceContext:
+    """What a source sees of the worker (see wallaroo.connectors.base)."""
+
+    def __init__(self, worker: "Worker", node: g.Node, emitter: Chain):
+        self.worker = worker
+        self.name = node.name
+        self.flow = worker.flow
+        self.emitter = emitter
+        self.key = node.name
+        self.group = key_group(node.name, worker.options.key_groups)
+        self.done = False
+
+    def emit(self, values: list) -> bool:
+        """Push a natural batch into the dataflow; False once the run is stopping."""
+        worker = self.worker
+        if worker.stopping:
+            return False
+        worker.ingested += len(values)
+        try:
+            self.emitter.push(Batch(values, None, self.key, None, self.group, time.time_ns()))
+        except Exception as exc:  # an engine fault, not a user error: those are handled in ops
+            self.crash(exc)
+        return not worker.stopping
+
+    def bad_input(self, kind: str, value, exc: BaseException) -> None:
+        """Report input this source could not take (bad frame, ...)."""
+        self.worker.errors.bad_input(self.name, kind, value, exc)
+
+    def user_error(self, stage: str, value, exc: BaseException) -> bool:
+        """Report user code of this source that raised (a generator)."""
+        return self.worker.errors.user_error(stage, value, exc)
+
+    def finished(self) -> None:
+        """A bounded source has read all of its input."""
+        self.done = True
+        self.worker._source_finished()
+
+    def crash(self, exc: BaseException) -> None:
+        """Something unexpected broke: stop the run and report it."""
+        self.worker.crash(exc)
+
+
+class SinkContext:
+    """What a sink sees of the worker: its name and the back-pressure gate."""
+
+    def __init__(self, worker: "Worker", node: g.Node):
+        self.name = node.name
+        self.flow = worker.flow
+
+
+class Worker:
+    """Runs one application on the current event loop.
+
+    ``source_configs`` / ``sink_configs`` map a source name / sink position to a config that
+    replaces the application's own (wallaroo.testing and ``--in``/``--out`` use them).
+    """
+
+    def __init__(self, app, options: RunOptions | None = None,
+                 source_configs: dict | None = None, sink_configs: dict | None = None):
+        self.app = app
+        self.options = options or RunOptions()
+        self.plan = PhysicalPlan(app.graph)
+        self.errors = ErrorPolicy(self.options.on_error, self.options.dead_letter,
+                                  on_failure=self._on_failure)
+        self.flow = FlowControl()
+        self.stopping = False
+        self.failure: BaseException | None = None
+        self.ingested = 0
+        self._stopped: asyncio.Event | None = None
+        source_configs = source_configs or {}
+        sink_configs = sink_configs or {}
+        self.sinks = []
+        targets: dict[object, object] = {}
+        for position, node in enumerate(self.plan.sinks):
+            config = sink_configs.get(position, node.spec)
+            sink = self._connector(SINKS, config, "sink", node.name)(config, SinkContext(self, node))
+            self.sinks.append(sink)
+            targets[node] = sink
+            if sink.encodes:
+                encoder = config.encoder
+                targets[node] = Chain([EncodeOp(f"{node.name} encoder", encoder.encode, self.errors)],
+                                      [sink])
+        self.chains: dict = {}
+        for spec in self.plan.chains:
+            self.chains[spec] = Chain([self._op(n) for n in spec.nodes])
+            targets[spec] = self.chains[spec]
+        # On one worker an exchange edge hands batches straight on: every key group is local.
+        for spec, chain in self.chains.items():
+            for edge in spec.edges:
+                chain.add_output(targets[edge.target])
+        self.sources = []
+        self.source_contexts = []
+        for node, edges in self.plan.source_edges.items():
+            config = source_configs.get(node.name, node.spec)
+            cls = self._connector(SOURCES, config, "source", node.name)
+            ops = []
+            if config.kind in DECODED_SOURCES:
+                ops.append(DecodeOp(f"{node.name} decoder", config.decoder.decode, self.errors))
+            ctx = SourceContext(self, node, Chain(ops, [targets[e.target] for e in edges]))
+            self.source_contexts.append(ctx)
+            self.sources.append(cls(config, ctx))
+
+    @staticmethod
+    def _connector(table: dict, config, role: str, name: str):
+        cls = table.get(getattr(config, "kind", None))
+        if cls is None:
+            feature = getattr(config, "feature", "") or f"{type(config).__name__} {role}s"
+            raise NotSupportedYet(
+                f"{role} {name!r}: {feature} are not supported by this version of the engine yet; "
+                f"use TCP, file, generator or iterable {role}s"
+            )
+        return cls
+
+    def _op(self, node: g.Node):
+        spec, name, errors = node.spec, node.name, self.errors
+        if node.kind == g.MAP:
+            return MapOp(name, spec.compute, errors)
+        if node.kind == g.FLAT_MAP:
+            return FlatMapOp(name, spec.compute_multi, errors)
+        if node.kind == g.STATE:
+            return StateOp(name, spec.compute, errors, spec.initial_state, False)
+        if node.kind == g.STATE_MULTI:
+            return StateOp(name, spec.compute_multi, errors, spec.initial_state, True)
+        if node.kind == g.KEY_BY:
+            return KeyByOp(name, spec.extract_key, errors, self.options.key_groups)
+        if node.kind == g.COLLECT:
+            return ConstantKeyOp(name, errors, "collect", self.options.key_groups)
+        raise AssertionError(f"no operator for {node!r}")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, on_started=None) -> RunResult:
+        """Open everything, process until the end, stop sources, flush and close sinks."""
+        self._stopped = asyncio.Event()
+        if self.stopping:
+            self._stopped.set()
+        opened = []
+        try:
+            for connector in [*self.sinks, *self.sources]:
+                await connector.start()
+                opened.append(connector)
+        except Exception as exc:
+            for connector in reversed(opened):
+                await _quietly(connector.close() if isinstance(connector, Sink) else connector.stop())
+            raise StartupError(str(exc)) from exc
+        if on_started is not None:
+            on_started(self)
+        progress = None
+        if self.options.show_progress and all(s.bounded for s in self.sources):
+            progress = ProgressReporter(lambda: self.ingested, lambda: (s.progress() for s in self.sources))
+            progress.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            if progress is not None:
+                progress.stop()
+            await self._shutdown()
+        return RunResult(self.failure, self._undelivered, dict(self.errors.counts), self.ingested)
+
+    async def _shutdown(self) -> None:
+        self.stopping = True
+        for source in self.sources:
+            await _quietly(source.stop())
+        self._undelivered = []
+        for sink in self.sinks:
+            if not await sink.flush(self.options.flush_timeout):
+                self._undelivered.append(sink.describe())
+        for sink in self.sinks:
+            await _quietly(sink.close())
+        self.errors.close()
+
+    def request_stop(self) -> None:
+        """Stop reading input and end the run cleanly (what SIGTERM and SIGINT do)."""
+        self.stopping = True
+        if self._stopped is not None:
+            self._stopped.set()
+
+    def _source_finished(self) -> None:
+        if all(ctx.done for ctx in self.source_contexts):
+            self.request_stop()
+
+    def _on_failure(self, failure: StageFailed) -> None:
+        self.failure = failure
+        self.request_stop()
+
+    def crash(self, exc: BaseException) -> None:
+        """An unexpected error inside the engine or a connector: stop and report it."""
+        if self.failure is None:
+            self.failure = exc
+            log.error("internal error, stopping: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        self.request_stop()
+
+    def describe(self) -> str:
+        """The startup line's body: each source with its address and each sink."""
+        parts = [f'source "{ctx.name}" at {src.describe()}'
+                 for ctx, src in zip(self.source_contexts, self.sources)]
+        parts += [f"sink {sink.describe()}" for sink in self.sinks]
+        return " | ".join(parts)
+
+
+async def _quietly(awaitable) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        log.warning("while stopping: %s: %s", type(exc).__name__, exc)
