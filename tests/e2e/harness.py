@@ -11,6 +11,9 @@ A test gets a :class:`Harness` from the ``harness`` fixture (conftest.py) and
 5. stops ``wallaroo-run`` with SIGTERM and checks it exits 0.
 
 Everything started is killed in teardown. Only 127.0.0.1 is used.
+
+The executables are the ones next to the running interpreter (.venv/bin);
+``WALLAROO_E2E_RUN=/path/to/wallaroo-run`` points the tests at another engine.
 """
 from __future__ import annotations
 
@@ -176,6 +179,23 @@ class Receiver:
                            f"{data[-2000:]!r}\n{self.proc.describe()}")
         return data
 
+    def wait_for_lines(self, count: int, timeout: float = RUN_TIMEOUT) -> None:
+        """Wait until the output file holds at least ``count`` newline-terminated lines."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.output.exists() and self.output.read_bytes().count(b"\n") >= count:
+                return
+            assert self.proc.popen.poll() is None, self.proc.describe()
+            time.sleep(0.05)
+        raise AssertionError(f"fewer than {count} lines arrived within {timeout:g} s")
+
+    def stop(self) -> bytes:
+        """SIGTERM (exit 0 expected) and return what was written."""
+        self.proc.signal(signal.SIGTERM)
+        code = self.proc.wait(STOP_TIMEOUT)
+        assert code == 0, self.proc.describe()
+        return self.output.read_bytes()
+
 
 class Harness:
     def __init__(self, tmp_path: Path) -> None:
@@ -183,22 +203,24 @@ class Harness:
         self.procs: list[Proc] = []
         self._counter = 0
 
-    def _start(self, name: str, argv: list[str], **kwargs) -> Proc:
+    def start(self, name: str, argv: list[str], **kwargs) -> Proc:
         proc = Proc(name, argv, **kwargs)
         self.procs.append(proc)
         return proc
 
-    def receiver(self, expect: int, framed: bool = False, raw: bool = False,
+    def receiver(self, expect: int | None, framed: bool = False, raw: bool = False,
                  timeout: float = RUN_TIMEOUT) -> Receiver:
+        """Start ``wallaroo receive``; with ``expect=None`` it runs until stopped."""
         self._counter += 1
         output = self.tmp_path / f"received-{self._counter}.out"
-        argv = [WALLAROO, "receive", "--listen", f"{HOST}:0", "--output", str(output),
-                "--expect", str(expect), "--timeout", str(timeout)]
+        argv = [WALLAROO, "receive", "--listen", f"{HOST}:0", "--output", str(output)]
+        if expect is not None:
+            argv += ["--expect", str(expect), "--timeout", str(timeout)]
         if framed:
             argv.append("--framed")
         if raw:
             argv.append("--raw")
-        proc = self._start("wallaroo receive", argv)
+        proc = self.start("wallaroo receive", argv)
         match = proc.wait_for_line(LISTENING_RE)
         return Receiver(proc, int(match.group(2)), output)
 
@@ -215,7 +237,7 @@ class Harness:
         if sources:
             argv += ["--in", ",".join(f"{name}@{HOST}:0" for name in sources)]
         argv += ["--out", f"{HOST}:{out_port}", *extra_engine_args, *app_args]
-        proc = self._start(f"wallaroo-run {module}", argv, cwd=cwd or EXAMPLES / example, env=env)
+        proc = self.start(f"wallaroo-run {module}", argv, cwd=cwd or EXAMPLES / example, env=env)
         match = proc.wait_for_line(STARTUP_RE)
         found = {name: int(port) for name, _host, port in SOURCE_RE.findall(match.group("rest"))}
         missing = [name for name in sources if name not in found]
@@ -231,7 +253,7 @@ class Harness:
         argv = [WALLAROO, "send", "--host", f"{HOST}:{port}", "--file", str(path), "--batch-size", "200"]
         if binary:
             argv.append("--binary")
-        proc = self._start("wallaroo send", argv)
+        proc = self.start("wallaroo send", argv)
         code = proc.wait(timeout)
         assert code == 0, f"wallaroo send exited with {code}\n{proc.describe()}"
 

@@ -23,7 +23,7 @@ import pytest
 
 import wallaroo
 import wallaroo.testing
-from harness import (EXAMPLES, HOST, START_TIMEOUT, STOP_TIMEOUT, WALLAROO_RUN, Proc,
+from harness import (EXAMPLES, HOST, START_TIMEOUT, STOP_TIMEOUT, WALLAROO_RUN,
                      free_port, split_frames)
 
 pytestmark = pytest.mark.timeout(90)
@@ -366,6 +366,24 @@ def test_alerts_e2e_bounded(harness, folder, reference, app_name):
     assert code == 0, app.proc.describe()
 
 
+def test_alerts_unbounded_stops_on_sigterm(harness):
+    """Without --count the generator never ends (like the original): SIGTERM stops the run
+    with exit 0, and what reached the sink is exactly a prefix of the reference stream."""
+    receiver = harness.receiver(expect=None)
+    app = harness.app("alerts_stateless", "alerts", [], receiver.port)
+    receiver.wait_for_lines(200)
+    assert app.proc.popen.poll() is None, "an unbounded source must keep the run going"
+    assert app.stop() == 0, app.proc.describe()
+    got = text_lines(receiver.stop())
+    assert len(got) >= 200
+    expected: list[str] = []
+    count = 0
+    while len(expected) < len(got):
+        count = max(2 * count, 10 * len(got))
+        expected = ref_alerts_stateless(transactions(count, seed=1))
+    assert got == expected[:len(got)]
+
+
 @pytest.mark.parametrize("folder, reference, app_name", ALERTS, ids=[a[0] for a in ALERTS])
 def test_alerts_in_process_generator(example, folder, reference, app_name):
     mod = example(folder, "alerts")
@@ -410,24 +428,34 @@ def test_alerts_stateful_crossings_in_process(example):
 # ---------------------------------------------------------------------------------------------
 # setup errors
 
-def test_setup_error_missing_module(harness, tmp_path):
-    proc = harness._start("wallaroo-run", [WALLAROO_RUN, "--application-module", "no_such_module_xyz",
+NO_SINK_APP = """\
+import wallaroo
+
+@wallaroo.decoder(header_length=4, length_fmt=">I")
+def decode(payload):
+    return payload
+
+def application_setup(args):
+    p = wallaroo.source("In", wallaroo.TCPSourceConfig("In", "127.0.0.1", "0", decode))
+    return wallaroo.build_application("No Sink", p)
+"""
+
+SETUP_ERRORS = {
+    # case: (module files to write, module name, words the message must contain)
+    "missing module": ({}, "no_such_module_xyz", ["no_such_module_xyz"]),
+    "no application_setup": ({"no_setup.py": "x = 1\n"}, "no_setup", ["application_setup"]),
+    "pipeline without a sink": ({"no_sink.py": NO_SINK_APP}, "no_sink", ["sink"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SETUP_ERRORS))
+def test_setup_error_is_one_line_and_exit_2(harness, tmp_path, case):
+    files, module, words = SETUP_ERRORS[case]
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    proc = harness.start("wallaroo-run", [WALLAROO_RUN, "--application-module", module,
                                            "--out", f"{HOST}:{free_port()}"], cwd=tmp_path)
     assert proc.wait(START_TIMEOUT) == 2, proc.describe()
-    text = proc.output()
-    assert "no_such_module_xyz" in text
-    assert "Traceback" not in text, proc.describe()
-
-
-def test_setup_error_pipeline_without_sink(harness, tmp_path):
-    (tmp_path / "no_sink.py").write_text(
-        "import wallaroo\n"
-        "@wallaroo.decoder(header_length=4, length_fmt='>I')\n"
-        "def decode(payload):\n"
-        "    return payload\n"
-        "def application_setup(args):\n"
-        "    p = wallaroo.source('In', wallaroo.TCPSourceConfig('In', '127.0.0.1', '0', decode))\n"
-        "    return wallaroo.build_application('No Sink', p)\n")
-    proc = harness._start("wallaroo-run", [WALLAROO_RUN, "--app", "no_sink"], cwd=tmp_path)
-    assert proc.wait(START_TIMEOUT) == 2, proc.describe()
-    assert "sink" in proc.output().lower(), proc.describe()
+    lines = [line for line in proc.output().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.describe()
+    assert all(word in lines[0] for word in words), proc.describe()

@@ -229,7 +229,7 @@ def _options(flags: dict) -> RunOptions:
 async def _run(worker: Worker, app_name: str):
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, worker.request_stop)
+        loop.add_signal_handler(signum, worker.signal_stop)
 
     def started(w: Worker) -> None:
         print(f'wallaroo: running "{app_name}" (pid {os.getpid()}) | {w.describe()}',

@@ -223,6 +223,7 @@ class Worker:
     async def run(self, on_started=None) -> RunResult:
         """Open everything, process until the end, stop sources, flush and close sinks."""
         self._stopped = asyncio.Event()
+        self._abandon = asyncio.Event()
         if self.stopping:
             self._stopped.set()
         opened = []
@@ -252,19 +253,39 @@ class Worker:
         self.stopping = True
         for source in self.sources:
             await _quietly(source.stop())
-        self._undelivered = []
-        for sink in self.sinks:
-            if not await sink.flush(self.options.flush_timeout):
-                self._undelivered.append(sink.describe())
+        flushes = [asyncio.ensure_future(sink.flush(self.options.flush_timeout))
+                   for sink in self.sinks]
+        abandon = asyncio.ensure_future(self._abandon.wait())
+        waiting = set(flushes)
+        while waiting and not abandon.done():
+            _, waiting = await asyncio.wait(waiting | {abandon},
+                                            return_when=asyncio.FIRST_COMPLETED)
+            waiting.discard(abandon)
+        abandon.cancel()
+        for flush in waiting:
+            flush.cancel()
+        await asyncio.gather(*flushes, return_exceptions=True)
+        self._undelivered = [sink.describe() for sink, flush in zip(self.sinks, flushes)
+                             if flush.cancelled() or flush.result() is not True]
         for sink in self.sinks:
             await _quietly(sink.close())
         self.errors.close()
 
     def request_stop(self) -> None:
-        """Stop reading input and end the run cleanly (what SIGTERM and SIGINT do)."""
+        """Stop reading input and end the run cleanly: sinks are flushed before it returns."""
         self.stopping = True
         if self._stopped is not None:
             self._stopped.set()
+
+    def signal_stop(self) -> None:
+        """What SIGTERM and SIGINT do: the first stops cleanly, a second one stops waiting for
+        sinks to drain (what they still hold is reported as undelivered)."""
+        if self.stopping and self._stopped is not None and self._stopped.is_set():
+            if not self._abandon.is_set():
+                log.warning("second stop request: not waiting for sinks to drain")
+                self._abandon.set()
+            return
+        self.request_stop()
 
     def _source_finished(self) -> None:
         if all(ctx.done for ctx in self.source_contexts):
