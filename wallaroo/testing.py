@@ -77,15 +77,15 @@ def run(app: Any, inputs: dict[str, Iterable], timeout: float = 30.0, args: list
             f"wallaroo.testing.run: inputs name {', '.join(map(repr, unknown))}, but the "
             f"application's sources are {', '.join(map(repr, names))}"
         )
-    for node in graph.sources:
-        if node.name not in inputs and not node.spec.bounded:
-            raise WallarooParameterError(
-                f"wallaroo.testing.run: source {node.name!r} never ends by itself; give its values "
-                f"in inputs, e.g. inputs={{{node.name!r}: [...]}}"
-            )
     sources = {name: IterSourceConfig(name, values) for name, values in inputs.items()}
     sinks = {i: _MemorySinkConfig() for i in range(len(graph.sinks))}
     worker = Worker(application, RunOptions(on_error=on_error), sources, sinks)
+    for ctx, source in zip(worker.source_contexts, worker.sources):
+        if not source.bounded:
+            raise WallarooParameterError(
+                f"wallaroo.testing.run: source {ctx.name!r} never ends by itself; give its values "
+                f"in inputs, e.g. inputs={{{ctx.name!r}: [...]}}"
+            )
     result = _run_to_end(worker, timeout)
     if result.failure is not None:
         raise result.failure

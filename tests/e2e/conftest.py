@@ -24,12 +24,15 @@ def harness(tmp_path):
 def load_example(example: str, module: str):
     """Import ``examples/<example>/<module>.py`` under a unique name.
 
-    Two examples have a module called ``alerts``, so each is registered in
-    sys.modules as ``example_<example>_<module>`` (pickle finds its classes there).
+    Each is registered in sys.modules as ``example_<example>_<module>`` (pickle finds its
+    classes there); the example's folder goes on sys.path for the modules it imports itself.
     """
     name = f"example_{example}_{module}"
     if name in sys.modules:
         return sys.modules[name]
+    folder = str(EXAMPLES / example)
+    if folder not in sys.path:
+        sys.path.append(folder)
     path = EXAMPLES / example / f"{module}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)

@@ -349,16 +349,17 @@ def ref_alerts_stateful(txs) -> list[str]:
 
 ALERTS = [("alerts_stateless", ref_alerts_stateless, "Alerts (stateless)"),
           ("alerts_stateful", ref_alerts_stateful, "Alerts (stateful)")]
+ALERTS_FOLDER = "alerts"
 
 
-@pytest.mark.parametrize("folder, reference, app_name", ALERTS, ids=[a[0] for a in ALERTS])
-def test_alerts_e2e_bounded(harness, folder, reference, app_name):
+@pytest.mark.parametrize("module, reference, app_name", ALERTS, ids=[a[0] for a in ALERTS])
+def test_alerts_e2e_bounded(harness, module, reference, app_name):
     """``--count`` bounds the generator source, so the run ends by itself with exit 0."""
     expected = reference(transactions(1000, seed=5))
     assert 10 < len(expected) < 1000
     assert any(a.startswith("Deposit") for a in expected) and any(a.startswith("Withdrawal") for a in expected)
     receiver = harness.receiver(expect=len(expected))
-    app = harness.app(folder, "alerts", [], receiver.port, app_args=["--count", "1000", "--seed", "5"])
+    app = harness.app(ALERTS_FOLDER, module, [], receiver.port, app_args=["--count", "1000", "--seed", "5"])
     assert app.name == app_name
     assert 'source "Transactions" at gen:' in app.startup_line
     assert text_lines(receiver.wait_done()) == expected
@@ -370,7 +371,7 @@ def test_alerts_unbounded_stops_on_sigterm(harness):
     """Without --count the generator never ends (like the original): SIGTERM stops the run
     with exit 0, and what reached the sink is exactly a prefix of the reference stream."""
     receiver = harness.receiver(expect=None)
-    app = harness.app("alerts_stateless", "alerts", [], receiver.port)
+    app = harness.app(ALERTS_FOLDER, "alerts_stateless", [], receiver.port)
     receiver.wait_for_lines(200)
     assert app.proc.popen.poll() is None, "an unbounded source must keep the run going"
     assert app.stop() == 0, app.proc.describe()
@@ -384,9 +385,9 @@ def test_alerts_unbounded_stops_on_sigterm(harness):
     assert got == expected[:len(got)]
 
 
-@pytest.mark.parametrize("folder, reference, app_name", ALERTS, ids=[a[0] for a in ALERTS])
-def test_alerts_in_process_generator(example, folder, reference, app_name):
-    mod = example(folder, "alerts")
+@pytest.mark.parametrize("module, reference, app_name", ALERTS, ids=[a[0] for a in ALERTS])
+def test_alerts_in_process_generator(example, module, reference, app_name):
+    mod = example(ALERTS_FOLDER, module)
     [out] = wallaroo.testing.run(mod, {}, timeout=IN_PROCESS_TIMEOUT,
                                  args=["--out", f"{HOST}:0", "--count", "2000"])
     expected = reference(transactions(2000, seed=1))
@@ -395,10 +396,11 @@ def test_alerts_in_process_generator(example, folder, reference, app_name):
 
 
 def test_alerts_stateless_thresholds_in_process(example):
-    mod = example("alerts_stateless", "alerts")
+    mod = example(ALERTS_FOLDER, "alerts_stateless")
+    Transaction = example(ALERTS_FOLDER, "transactions").Transaction
     amounts = [1000, 1001, -1000, -1001, 0, 1249, -1250]
     txs = [(i % 5, amount) for i, amount in enumerate(amounts)]
-    decoded = [mod.Transaction(i, user, amount, 0) for i, (user, amount) in enumerate(txs)]
+    decoded = [Transaction(i, user, amount, 0) for i, (user, amount) in enumerate(txs)]
     [out] = wallaroo.testing.run(mod, {"Transactions": decoded}, timeout=IN_PROCESS_TIMEOUT,
                                  args=["--out", f"{HOST}:0"])
     assert out == ref_alerts_stateless(txs) == [
@@ -408,10 +410,11 @@ def test_alerts_stateless_thresholds_in_process(example):
 
 def test_alerts_stateful_crossings_in_process(example):
     """Crossing, staying beyond, coming back and crossing again, per user."""
-    mod = example("alerts_stateful", "alerts")
+    mod = example(ALERTS_FOLDER, "alerts_stateful")
+    Transaction = example(ALERTS_FOLDER, "transactions").Transaction
     txs = [(0, 1500), (1, 2000), (0, 600), (0, 100), (1, 1), (0, -300), (1, -1),
            (0, 200), (0, -4200), (0, -1), (1, -4002), (1, 1)]
-    decoded = [mod.Transaction(i, user, amount, 0) for i, (user, amount) in enumerate(txs)]
+    decoded = [Transaction(i, user, amount, 0) for i, (user, amount) in enumerate(txs)]
     [out] = wallaroo.testing.run(mod, {"Transactions": decoded}, timeout=IN_PROCESS_TIMEOUT,
                                  args=["--out", f"{HOST}:0"])
     expected = ref_alerts_stateful(txs)

@@ -10,10 +10,23 @@ cdef class Batch:
     cdef public int64_t ingest_ns
 
 
+cdef class Output:
+    cdef Batch source
+    cdef list values
+    cdef list keys
+    cdef list groups
+    cdef int emit(self, object value, Py_ssize_t i) except -1
+    cdef int emit_all(self, object results, Py_ssize_t i, str stage) except -1
+    cdef Batch batch(self)
+
+
 cdef class Op:
     cdef readonly str name
+    cdef readonly object fn
     cdef readonly object errors
     cdef readonly unsigned long long processed
+    cdef readonly str bad_input_kind
+    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1
     cdef Batch run(self, Batch batch)
 
 

@@ -5,10 +5,12 @@ A ``Batch`` is a list of values plus parallel metadata (per-message keys and key
 key for the whole batch, and the ingest time). An ``Op`` turns a batch into the next one; a
 ``Chain`` runs its ops in order and hands the result to its outputs (further chains or sinks).
 
-The only per-message Python work is the user's own function call. A user function that raises
-is reported to the ``errors`` object (see wallaroo.runtime.errors), which either raises to stop
-the run (``user_error`` returns False: the rest of the batch is dropped, what came before it
-flows on) or asks to skip the message, and the loop resumes at the next one.
+``Op.run`` holds the one loop over a batch, inside one ``try``; each op defines ``apply``, its
+work on one message. The only per-message Python work is the user's own function call. A user
+function that raises is reported to the ``errors`` object (see wallaroo.runtime.errors): bad
+input is counted and skipped; a user error either stops the run (``user_error`` returns False:
+the rest of the batch is dropped, what came before it flows on) or is skipped, and the loop
+resumes at the next message.
 
 Example::
 
@@ -53,20 +55,60 @@ cdef class Batch:
         return f"<Batch of {len(self.values)}>"
 
 
-cdef inline Batch _derive(Batch src, list values, list keys, list groups):
-    """A batch with new values, keeping the source batch's constant metadata."""
-    cdef Batch b = Batch.__new__(Batch)
-    b.values = values
-    b.keys = keys
-    b.groups = groups
-    b.key = src.key
-    b.group = src.group
-    b.ingest_ns = src.ingest_ns
-    return b
+# What an op's output does with per-message keys: drop them (decoded or encoded values have
+# none yet or need none), keep the input's, or set new ones (key_by).
+cdef enum:
+    DROP_KEYS = 0
+    KEEP_KEYS = 1
+    NEW_KEYS = 2
+
+
+cdef class Output:
+    """The batch an op is building: values, and the keys/groups that go with them.
+
+    ``emit(value, i)`` adds an output of input message ``i``, carrying that message's key.
+    """
+
+    def __cinit__(self, Batch source, int key_mode):
+        self.source = source
+        self.values = []
+        if key_mode == NEW_KEYS or (key_mode == KEEP_KEYS and source.keys is not None):
+            self.keys = []
+            self.groups = []
+
+    cdef inline int emit(self, object value, Py_ssize_t i) except -1:
+        self.values.append(value)
+        if self.keys is not None:
+            self.keys.append(self.source.keys[i])
+            self.groups.append(self.source.groups[i])
+        return 0
+
+    cdef int emit_all(self, object results, Py_ssize_t i, str stage) except -1:
+        """Emit each non-None item of a list/tuple result (the *_multi contract)."""
+        if type(results) is not list and type(results) is not tuple:
+            raise TypeError(f"{stage} must return a list (or None), not {type(results).__name__}")
+        for item in results:
+            if item is not None:
+                self.emit(item, i)
+        return 0
+
+    cdef Batch batch(self):
+        cdef Batch src = self.source
+        cdef Batch b = Batch.__new__(Batch)
+        b.values = self.values
+        b.keys = self.keys
+        b.groups = self.groups
+        b.key = src.key
+        b.group = src.group
+        b.ingest_ns = src.ingest_ns
+        return b
 
 
 cdef class Op:
     """One stage of a chain. ``errors`` receives failures (see module docstring).
+
+    ``bad_input_kind`` is None for stages running user logic (their failures follow the error
+    policy) and names the kind for stages whose failures mean bad input (decoder, key extractor).
 
     Example::
 
@@ -74,13 +116,36 @@ cdef class Op:
         'inc'
     """
 
-    def __init__(self, str name, errors):
+    key_mode = KEEP_KEYS
+
+    def __init__(self, str name, fn, errors):
         self.name = name
+        self.fn = fn
         self.errors = errors
         self.processed = 0
+        self.bad_input_kind = None
+
+    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
+        out.emit(value, i)
+        return 0
 
     cdef Batch run(self, Batch batch):
-        return batch
+        cdef list values = batch.values
+        cdef Output out = Output(batch, self.key_mode)
+        cdef Py_ssize_t i = 0, n = len(values)
+        while i < n:
+            try:
+                while i < n:
+                    self.apply(values[i], i, out)
+                    i += 1
+            except Exception as exc:
+                if self.bad_input_kind is not None:
+                    self.errors.bad_input(self.name, self.bad_input_kind, values[i], exc)
+                elif not self.errors.user_error(self.name, values[i], exc):
+                    break
+                i += 1
+        self.processed += n
+        return out.batch()
 
     def process(self, Batch batch):
         """Run this op alone over a batch (for tests and tools)."""
@@ -96,36 +161,11 @@ cdef class MapOp(Op):
         [1, 3]
     """
 
-    cdef object fn
-
-    def __init__(self, str name, fn, errors):
-        Op.__init__(self, name, errors)
-        self.fn = fn
-
-    cdef Batch run(self, Batch batch):
-        cdef list values = batch.values, keys = batch.keys, groups = batch.groups
-        cdef list out = [], out_keys = None, out_groups = None
-        cdef Py_ssize_t i = 0, n = len(values)
-        cdef object r
-        if keys is not None:
-            out_keys = []
-            out_groups = []
-        while i < n:
-            try:
-                while i < n:
-                    r = self.fn(values[i])
-                    if r is not None:
-                        out.append(r)
-                        if keys is not None:
-                            out_keys.append(keys[i])
-                            out_groups.append(groups[i])
-                    i += 1
-            except Exception as exc:
-                if not self.errors.user_error(self.name, values[i], exc):
-                    break
-                i += 1
-        self.processed += n
-        return _derive(batch, out, out_keys, out_groups)
+    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
+        r = self.fn(value)
+        if r is not None:
+            out.emit(r, i)
+        return 0
 
 
 cdef class FlatMapOp(Op):
@@ -137,42 +177,11 @@ cdef class FlatMapOp(Op):
         ['a', 'b', 'c']
     """
 
-    cdef object fn
-
-    def __init__(self, str name, fn, errors):
-        Op.__init__(self, name, errors)
-        self.fn = fn
-
-    cdef Batch run(self, Batch batch):
-        cdef list values = batch.values, keys = batch.keys, groups = batch.groups
-        cdef list out = [], out_keys = None, out_groups = None
-        cdef Py_ssize_t i = 0, n = len(values)
-        cdef object r, item
-        if keys is not None:
-            out_keys = []
-            out_groups = []
-        while i < n:
-            try:
-                while i < n:
-                    r = self.fn(values[i])
-                    if r is not None:
-                        if type(r) is not list and type(r) is not tuple:
-                            raise TypeError(
-                                f"{self.name} must return a list (or None), "
-                                f"not {type(r).__name__}")
-                        for item in r:
-                            if item is not None:
-                                out.append(item)
-                                if keys is not None:
-                                    out_keys.append(keys[i])
-                                    out_groups.append(groups[i])
-                    i += 1
-            except Exception as exc:
-                if not self.errors.user_error(self.name, values[i], exc):
-                    break
-                i += 1
-        self.processed += n
-        return _derive(batch, out, out_keys, out_groups)
+    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
+        r = self.fn(value)
+        if r is not None:
+            out.emit_all(r, i, self.name)
+        return 0
 
 
 cdef class DecodeOp(Op):
@@ -184,29 +193,17 @@ cdef class DecodeOp(Op):
         ['hi']
     """
 
-    cdef object fn
+    key_mode = DROP_KEYS
 
     def __init__(self, str name, fn, errors):
-        Op.__init__(self, name, errors)
-        self.fn = fn
+        Op.__init__(self, name, fn, errors)
+        self.bad_input_kind = "decoder"
 
-    cdef Batch run(self, Batch batch):
-        cdef list values = batch.values
-        cdef list out = []
-        cdef Py_ssize_t i = 0, n = len(values)
-        cdef object r
-        while i < n:
-            try:
-                while i < n:
-                    r = self.fn(values[i])
-                    if r is not None:
-                        out.append(r)
-                    i += 1
-            except Exception as exc:
-                self.errors.bad_input(self.name, "decoder", values[i], exc)
-                i += 1
-        self.processed += n
-        return _derive(batch, out, None, None)
+    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
+        r = self.fn(value)
+        if r is not None:
+            out.emit(r, i)
+        return 0
 
 
 cdef class KeyByOp(Op):
@@ -222,32 +219,21 @@ cdef class KeyByOp(Op):
         (['a', 'c'], True)
     """
 
-    cdef object fn
+    key_mode = NEW_KEYS
     cdef Py_ssize_t key_groups
 
     def __init__(self, str name, fn, errors, Py_ssize_t key_groups):
-        Op.__init__(self, name, errors)
-        self.fn = fn
+        Op.__init__(self, name, fn, errors)
         self.key_groups = key_groups
+        self.bad_input_kind = "key_extractor"
 
-    cdef Batch run(self, Batch batch):
-        cdef list values = batch.values
-        cdef list out = [], keys = [], groups = []
-        cdef Py_ssize_t i = 0, n = len(values)
-        cdef object k
-        while i < n:
-            try:
-                while i < n:
-                    k = normalize_key(self.fn(values[i]))
-                    groups.append(key_group(k, self.key_groups))
-                    keys.append(k)
-                    out.append(values[i])
-                    i += 1
-            except Exception as exc:
-                self.errors.bad_input(self.name, "key_extractor", values[i], exc)
-                i += 1
-        self.processed += n
-        return _derive(batch, out, keys, groups)
+    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
+        k = normalize_key(self.fn(value))
+        g = key_group(k, self.key_groups)
+        out.values.append(value)
+        out.keys.append(k)
+        out.groups.append(g)
+        return 0
 
 
 cdef class ConstantKeyOp(Op):
@@ -263,14 +249,12 @@ cdef class ConstantKeyOp(Op):
     cdef Py_ssize_t group
 
     def __init__(self, str name, errors, key, Py_ssize_t key_groups):
-        Op.__init__(self, name, errors)
+        Op.__init__(self, name, None, errors)
         self.key = normalize_key(key)
         self.group = key_group(self.key, key_groups)
 
     cdef Batch run(self, Batch batch):
-        cdef Batch b = _derive(batch, batch.values, None, None)
-        b.key = self.key
-        b.group = self.group
+        cdef Batch b = Batch(batch.values, None, self.key, None, self.group, batch.ingest_ns)
         self.processed += len(batch.values)
         return b
 
@@ -291,65 +275,30 @@ cdef class StateOp(Op):
         [1, 1, 2]
     """
 
-    cdef object fn
     cdef object factory
     cdef bint multi
     cdef readonly dict states
 
     def __init__(self, str name, fn, errors, factory, bint multi):
-        Op.__init__(self, name, errors)
-        self.fn = fn
+        Op.__init__(self, name, fn, errors)
         self.factory = factory
         self.multi = multi
         self.states = {}
 
-    cdef inline object _state(self, object key):
-        st = self.states.get(key)
-        if st is None:
-            st = self.factory()
-            self.states[key] = st
-        return st
-
-    cdef Batch run(self, Batch batch):
-        cdef list values = batch.values, keys = batch.keys, groups = batch.groups
-        cdef list out = [], out_keys = None, out_groups = None
-        cdef Py_ssize_t i = 0, n = len(values)
-        cdef object r, item, state = None
-        if keys is not None:
-            out_keys = []
-            out_groups = []
-        while i < n:
-            try:
-                if keys is None and state is None:
-                    state = self._state(batch.key)
-                while i < n:
-                    if keys is not None:
-                        state = self._state(keys[i])
-                    r = self.fn(values[i], state)
-                    if r is not None:
-                        if not self.multi:
-                            out.append(r)
-                            if keys is not None:
-                                out_keys.append(keys[i])
-                                out_groups.append(groups[i])
-                        else:
-                            if type(r) is not list and type(r) is not tuple:
-                                raise TypeError(
-                                    f"{self.name} must return a list (or None), "
-                                    f"not {type(r).__name__}")
-                            for item in r:
-                                if item is not None:
-                                    out.append(item)
-                                    if keys is not None:
-                                        out_keys.append(keys[i])
-                                        out_groups.append(groups[i])
-                    i += 1
-            except Exception as exc:
-                if not self.errors.user_error(self.name, values[i], exc):
-                    break
-                i += 1
-        self.processed += n
-        return _derive(batch, out, out_keys, out_groups)
+    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
+        cdef Batch src = out.source
+        key = src.key if src.keys is None else src.keys[i]
+        state = self.states.get(key)
+        if state is None:
+            state = self.factory()
+            self.states[key] = state
+        r = self.fn(value, state)
+        if r is not None:
+            if self.multi:
+                out.emit_all(r, i, self.name)
+            else:
+                out.emit(r, i)
+        return 0
 
 
 cdef class EncodeOp(Op):
@@ -363,42 +312,24 @@ cdef class EncodeOp(Op):
         [b'1\\n', b'2\\n']
     """
 
-    cdef object fn
+    key_mode = DROP_KEYS
 
-    def __init__(self, str name, fn, errors):
-        Op.__init__(self, name, errors)
-        self.fn = fn
-
-    cdef Batch run(self, Batch batch):
-        cdef list values = batch.values
-        cdef list out = []
-        cdef Py_ssize_t i = 0, n = len(values)
-        cdef object r
-        while i < n:
-            try:
-                while i < n:
-                    r = self.fn(values[i])
-                    if type(r) is bytes:
-                        out.append(r)
-                    elif type(r) is str:
-                        out.append((<str>r).encode("utf-8"))
-                    elif r is None:
-                        pass
-                    elif isinstance(r, (bytes, bytearray, memoryview)):
-                        out.append(bytes(r))
-                    elif isinstance(r, str):
-                        out.append(str(r).encode("utf-8"))
-                    else:
-                        raise TypeError(
-                            f"encoder {self.name!r} returned {type(r).__name__} "
-                            f"({r!r:.60}); an encoder must return bytes, str or None")
-                    i += 1
-            except Exception as exc:
-                if not self.errors.user_error(self.name, values[i], exc):
-                    break
-                i += 1
-        self.processed += n
-        return _derive(batch, out, None, None)
+    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
+        r = self.fn(value)
+        if type(r) is bytes:
+            out.values.append(r)
+        elif type(r) is str:
+            out.values.append((<str>r).encode("utf-8"))
+        elif r is None:
+            pass
+        elif isinstance(r, (bytes, bytearray, memoryview)):
+            out.values.append(bytes(r))
+        elif isinstance(r, str):
+            out.values.append(str(r).encode("utf-8"))
+        else:
+            raise TypeError(f"encoder {self.name!r} returned {type(r).__name__} ({r!r:.60}); "
+                            f"an encoder must return bytes, str or None")
+        return 0
 
 
 cdef class Chain:

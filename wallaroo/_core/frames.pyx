@@ -15,9 +15,28 @@ Example::
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint64_t
+from cpython.pyport cimport PY_SSIZE_T_MAX
 
 
-class FrameTooLarge(ValueError):
+class FrameError(ValueError):
+    """The stream cannot be cut into frames past this point (a bad length header).
+
+    ``frames`` holds the complete payloads that came before the bad header in the same
+    ``feed``, ``header`` the bad header's bytes; the reader drops everything after it.
+
+    Example::
+
+        >>> FrameError("bad header").frames
+        []
+    """
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.frames = []
+        self.header = b""
+
+
+class FrameTooLarge(FrameError):
     """A frame announced a payload longer than the reader's ``max_size``.
 
     Example::
@@ -29,7 +48,8 @@ class FrameTooLarge(ValueError):
     def __init__(self, length, max_size):
         self.length = length
         self.max_size = max_size
-        super().__init__(f"frame of {length} bytes is longer than max_size={max_size}")
+        limit = f"max_size={max_size}" if max_size else "the largest possible frame"
+        super().__init__(f"frame of {length} bytes is longer than {limit}")
 
 
 # How a header's bytes become a length: read in C for the usual struct formats.
@@ -56,7 +76,9 @@ cdef class FrameReader:
 
     ``length_fmt`` is a struct format; ``>I``, ``!H``, ``<Q``, ``B`` and the like are read in C,
     anything else through ``payload_length(header)`` (a decoder's method). ``max_size`` (0 = no
-    limit) bounds a payload: a longer one raises FrameTooLarge.
+    limit) bounds a payload: a longer one raises FrameTooLarge, a header ``payload_length``
+    cannot read raises FrameError; either carries the frames complete before it, and the reader
+    keeps nothing after it (the stream cannot be resynchronized).
 
     Example::
 
@@ -90,15 +112,33 @@ cdef class FrameReader:
         """Bytes held back because they do not yet make a whole frame."""
         return len(self._buffer)
 
+    def take_pending(self):
+        """The bytes of the unfinished frame (at the end of a stream); the reader is emptied.
+
+        Example::
+
+            >>> r = FrameReader(4, ">I"); r.feed(b"\\x00\\x00"); r.take_pending()
+            []
+            b'\\x00\\x00'
+        """
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
     cdef Py_ssize_t _length_at(self, const unsigned char* p) except -1:
         cdef object n
-        if self._code == BIG:
-            return <Py_ssize_t>_read_uint(p, self._header_length, True)
-        if self._code == LITTLE:
-            return <Py_ssize_t>_read_uint(p, self._header_length, False)
-        n = self._payload_length(PyBytes_FromStringAndSize(<const char*>p, self._header_length))
-        if n < 0:
-            raise ValueError(f"payload_length returned a negative length {n}")
+        if self._code == BIG or self._code == LITTLE:
+            n = _read_uint(p, self._header_length, self._code == BIG)
+        else:
+            try:
+                n = self._payload_length(
+                    PyBytes_FromStringAndSize(<const char*>p, self._header_length))
+            except Exception as exc:
+                raise FrameError(f"payload_length failed on a header: {exc!r}") from exc
+            if not isinstance(n, int) or n < 0:
+                raise FrameError(f"payload_length returned {n!r}, not a length")
+        if n > PY_SSIZE_T_MAX or (self._max_size and n > self._max_size):
+            raise FrameTooLarge(n, self._max_size)
         return n
 
     cpdef list feed(self, data):
@@ -120,16 +160,18 @@ cdef class FrameReader:
         try:
             while size - pos >= h:
                 length = self._length_at(p + pos)
-                if self._max_size and length > self._max_size:
-                    raise FrameTooLarge(length, self._max_size)
                 if size - pos - h < length:
                     break
                 out.append(PyBytes_FromStringAndSize(<const char*>(p + pos + h), length))
                 pos += h + length
-        finally:
-            if pos < size:
-                self._buffer += chunk[pos:]
+        except FrameError as err:
+            err.frames = out
+            err.header = chunk[pos:pos + h]
             self.frames += len(out)
+            raise
+        if pos < size:
+            self._buffer += chunk[pos:]
+        self.frames += len(out)
         return out
 
 
@@ -153,6 +195,9 @@ cdef int _length_code(object fmt, int header_length) except -1:
 cdef class LineReader:
     """Cuts a byte stream into text lines (UTF-8, newline and a trailing ``\\r`` removed).
 
+    A line that is not valid UTF-8 goes to ``on_bad_line(raw_bytes, error)`` and is skipped
+    (without a callback the UnicodeDecodeError is raised).
+
     Example::
 
         >>> r = LineReader()
@@ -161,10 +206,12 @@ cdef class LineReader:
     """
 
     cdef bytearray _buffer
+    cdef object _on_bad_line
     cdef readonly unsigned long long lines
 
-    def __init__(self):
+    def __init__(self, on_bad_line=None):
         self._buffer = bytearray()
+        self._on_bad_line = on_bad_line
         self.lines = 0
 
     @property
@@ -198,13 +245,30 @@ cdef class LineReader:
         return self._split(rest)
 
     cdef list _split(self, bytes block):
-        cdef list out = block.decode("utf-8").split("\n")
+        cdef list out
         cdef Py_ssize_t i
         cdef str line
+        try:
+            out = block.decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            out = self._split_each(block)
         if b"\r" in block:
             for i in range(len(out)):
                 line = out[i]
                 if line.endswith("\r"):
                     out[i] = line[:-1]
         self.lines += len(out)
+        return out
+
+    cdef list _split_each(self, bytes block):
+        """The slow path for a block with invalid UTF-8: decode line by line, report bad ones."""
+        cdef list out = []
+        cdef bytes raw
+        for raw in block.split(b"\n"):
+            try:
+                out.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                if self._on_bad_line is None:
+                    raise
+                self._on_bad_line(raw, exc)
         return out

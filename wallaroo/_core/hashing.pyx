@@ -88,4 +88,6 @@ cpdef Py_ssize_t key_group(object key, Py_ssize_t groups) except -1:
         >>> 0 <= key_group("k", 16) < 16
         True
     """
+    if groups <= 0:
+        raise ValueError(f"the number of key groups must be positive, not {groups}")
     return <Py_ssize_t>(hash_key(normalize_key(key)) % <uint64_t>groups)

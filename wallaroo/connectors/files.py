@@ -11,7 +11,7 @@ import asyncio
 import os
 import sys
 
-from wallaroo._core.frames import FrameReader, FrameTooLarge, LineReader
+from wallaroo._core.frames import FrameError, FrameReader, LineReader
 from wallaroo.connectors.base import READ_SIZE, Sink, Source
 
 
@@ -43,7 +43,7 @@ class FileSource(Source):
     def _reader(self):
         dec = self.config.decoder
         if dec is None:
-            return LineReader()
+            return LineReader(lambda raw, exc: self.ctx.bad_input("line", raw, exc))
         header = dec.header_length() if callable(getattr(dec, "header_length", None)) else 4
         return FrameReader(header, getattr(dec, "length_fmt", None), dec.payload_length)
 
@@ -58,8 +58,10 @@ class FileSource(Source):
                 self._read += len(chunk)
                 try:
                     values = reader.feed(chunk)
-                except FrameTooLarge as exc:  # without max_size this cannot happen
-                    self.ctx.bad_input("frame", chunk[:64], exc)
+                except FrameError as exc:  # a header the decoder cannot read: stop here
+                    if exc.frames:
+                        self.ctx.emit(exc.frames)
+                    self.ctx.bad_input("frame", exc.header, exc)
                     return
                 if values and not self.ctx.emit(values):
                     return
@@ -68,9 +70,11 @@ class FileSource(Source):
             rest = reader.finish()
             if rest:
                 self.ctx.emit(rest)
-        elif reader.pending:
-            self.ctx.bad_input("truncated_frame", b"", EOFError(
-                f"{self.config.path}: the last {reader.pending} bytes are an unfinished frame"))
+        else:
+            rest = reader.take_pending()
+            if rest:
+                self.ctx.bad_input("truncated_frame", rest, EOFError(
+                    f"{self.config.path}: the last {len(rest)} bytes are an unfinished frame"))
 
     def describe(self) -> str:
         return self.config.describe()

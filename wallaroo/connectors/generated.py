@@ -19,6 +19,7 @@ class _ProducerSource(Source):
     """Pull values from ``_values()`` and emit them a batch at a time."""
 
     bounded = True
+    stage_kind = "iterable"  # how errors name the user code this source runs
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
@@ -32,7 +33,19 @@ class _ProducerSource(Source):
 
     async def _produce(self) -> None:
         batch: list = []
-        for value in self._values():
+        values = iter(self._values())
+        while True:
+            try:
+                value = next(values)
+            except StopIteration:
+                break
+            except Exception as exc:
+                # What was produced before the failure flows on; then the policy decides.
+                if batch:
+                    self._emit(batch)
+                self.ctx.user_error(f"{self.ctx.name} {self.stage_kind}",
+                                    batch[-1] if batch else None, exc)
+                return
             batch.append(value)
             if len(batch) >= MAX_BATCH:
                 if not self._emit(batch):
@@ -75,7 +88,8 @@ class IterSource(_ProducerSource):
 class GenSource(_ProducerSource):
     """``gen.initial_value()``, then ``gen.apply(previous)`` until it returns None.
 
-    A generator that raises ends the source; the error goes to the run's error policy.
+    A generator (or iterable) that raises ends the source: what it produced before flows on,
+    then the error goes to the run's error policy.
 
     Example::
 
@@ -83,16 +97,14 @@ class GenSource(_ProducerSource):
         True
     """
 
+    stage_kind = "generator"
+
     def _values(self):
         gen = self.config.gen
         value = gen.initial_value()
         while value is not None:
             yield value
-            try:
-                value = gen.apply(value)
-            except Exception as exc:
-                self.ctx.user_error(f"{self.ctx.name} generator", value, exc)
-                return
+            value = gen.apply(value)
 
     def progress(self) -> tuple[int, int | None]:
         return (self._count, None)

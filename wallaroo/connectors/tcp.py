@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from wallaroo._core.frames import FrameReader, FrameTooLarge
+from wallaroo._core.frames import FrameError, FrameReader
 from wallaroo.connectors.base import Sink, Source
 
 log = logging.getLogger("wallaroo")
@@ -95,10 +95,12 @@ class _FrameProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             payloads = self.reader.feed(data)
-        except FrameTooLarge as exc:
+        except FrameError as exc:
+            if exc.frames:
+                self.ctx.emit(exc.frames)
             log.warning("source %r: closing connection from %s: %s (raise max_size in "
                         "TCPSourceConfig if such frames are expected)", self.ctx.name, self.peer, exc)
-            self.ctx.bad_input("frame", data[:64], exc)
+            self.ctx.bad_input("frame", exc.header, exc)
             self.transport.close()
             return
         if payloads and not self.ctx.emit(payloads):
@@ -106,11 +108,12 @@ class _FrameProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.source._connections.discard(self)
-        if self.reader.pending:
+        rest = self.reader.take_pending()
+        if rest:
             log.warning("source %r: connection from %s ended inside a frame; %d bytes of an "
-                        "unfinished frame were dropped", self.ctx.name, self.peer, self.reader.pending)
-            self.ctx.bad_input("truncated_frame", b"", EOFError(
-                f"{self.reader.pending} bytes of an unfinished frame at disconnect"))
+                        "unfinished frame were dropped", self.ctx.name, self.peer, len(rest))
+            self.ctx.bad_input("truncated_frame", rest, EOFError(
+                f"{len(rest)} bytes of an unfinished frame at disconnect"))
 
 
 class TCPSink(Sink):
@@ -170,7 +173,8 @@ class TCPSink(Sink):
         if self._pending:
             data, self._pending = bytes(self._pending), bytearray()
             self._write(data)
-        self._unblock()
+        if transport.get_write_buffer_size() <= self.HIGH_WATER:
+            self._unblock()  # otherwise resume_writing opens the gate once the peer has read
 
     def _on_lost(self) -> None:
         self._transport = None

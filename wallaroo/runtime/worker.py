@@ -34,7 +34,7 @@ from wallaroo.connectors.files import FileSink, FileSource, StdoutSink
 from wallaroo.connectors.generated import GenSource, IterSource
 from wallaroo.connectors.memory import CollectingSink
 from wallaroo.connectors.tcp import TCPSink, TCPSource
-from wallaroo.errors import NotSupportedYet, StageFailed
+from wallaroo.errors import NotSupportedYet, StageFailed, WallarooParameterError
 from wallaroo.plan import PhysicalPlan
 from wallaroo.runtime.errors import ErrorPolicy
 from wallaroo.runtime.flow import FlowControl
@@ -44,8 +44,6 @@ log = logging.getLogger("wallaroo")
 
 SOURCES = {"tcp": TCPSource, "file": FileSource, "gen": GenSource, "iter": IterSource}
 SINKS = {"tcp": TCPSink, "file": FileSink, "stdout": StdoutSink, "memory": CollectingSink}
-#: Sources whose raw input is bytes that the config's decoder turns into values.
-DECODED_SOURCES = ("tcp",)
 
 
 @dataclass
@@ -150,6 +148,9 @@ class Worker:
                  source_configs: dict | None = None, sink_configs: dict | None = None):
         self.app = app
         self.options = options or RunOptions()
+        if self.options.key_groups <= 0:
+            raise WallarooParameterError(
+                f"key_groups must be a positive number, not {self.options.key_groups}")
         self.plan = PhysicalPlan(app.graph)
         self.errors = ErrorPolicy(self.options.on_error, self.options.dead_letter,
                                   on_failure=self._on_failure)
@@ -169,8 +170,8 @@ class Worker:
             targets[node] = sink
             if sink.encodes:
                 encoder = config.encoder
-                targets[node] = Chain([EncodeOp(f"{node.name} encoder", encoder.encode, self.errors)],
-                                      [sink])
+                stage = f"{node.name}: encoder {_function_name(encoder)!r}"
+                targets[node] = Chain([EncodeOp(stage, encoder.encode, self.errors)], [sink])
         self.chains: dict = {}
         for spec in self.plan.chains:
             self.chains[spec] = Chain([self._op(n) for n in spec.nodes])
@@ -185,8 +186,10 @@ class Worker:
             config = source_configs.get(node.name, node.spec)
             cls = self._connector(SOURCES, config, "source", node.name)
             ops = []
-            if config.kind in DECODED_SOURCES:
-                ops.append(DecodeOp(f"{node.name} decoder", config.decoder.decode, self.errors))
+            decoder = getattr(config, "decoder", None)  # raw bytes in, values out
+            if decoder is not None:
+                stage = f"{node.name}: decoder {_function_name(decoder)!r}"
+                ops.append(DecodeOp(stage, decoder.decode, self.errors))
             ctx = SourceContext(self, node, Chain(ops, [targets[e.target] for e in edges]))
             self.source_contexts.append(ctx)
             self.sources.append(cls(config, ctx))
@@ -315,3 +318,9 @@ async def _quietly(awaitable) -> None:
         await awaitable
     except Exception as exc:
         log.warning("while stopping: %s: %s", type(exc).__name__, exc)
+
+
+def _function_name(stage) -> str:
+    """The user's name for a decorated object (its ``name()``), else its type's name."""
+    name = getattr(stage, "name", None)
+    return str(name()) if callable(name) else type(stage).__name__
