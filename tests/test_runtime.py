@@ -681,7 +681,7 @@ def test_tcp_source_oversized_frame_keeps_the_good_frames_before_it(workers, clo
 def test_tcp_source_oversized_frame_is_counted_once_and_other_connections_go_on(
         workers, closing, tmp_path):
     # Regression test for a fixed bug (the old behaviour, an extra ('in', 'truncated_frame') count):
-    # FrameTooLarge the connection is closed, but the rejected header stays in the frame
+    # after FrameTooLarge the connection is closed, but the rejected header stays in the frame
     # reader's buffer, so connection_lost also reports a truncated frame: one bad frame is
     # counted (and dead-lettered) twice.
     out = tmp_path / "out.txt"

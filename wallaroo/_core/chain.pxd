@@ -1,3 +1,4 @@
+cimport cython
 from libc.stdint cimport int64_t
 
 
@@ -10,12 +11,13 @@ cdef class Batch:
     cdef public int64_t ingest_ns
 
 
+@cython.final
 cdef class Output:
     cdef Batch source
     cdef list values
     cdef list keys
     cdef list groups
-    cdef int emit(self, object value, Py_ssize_t i) except -1
+    cdef inline int emit(self, object value, Py_ssize_t i) except -1
     cdef int emit_all(self, object results, Py_ssize_t i, str stage) except -1
     cdef Batch batch(self)
 

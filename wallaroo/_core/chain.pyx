@@ -20,6 +20,7 @@ Example::
     >>> Chain([MapOp("double", lambda x: x * 2, None)], [Print()]).push(Batch([1, 2], key="k"))
     [2, 4]
 """
+cimport cython
 from libc.stdint cimport int64_t
 from wallaroo._core.hashing cimport normalize_key, key_group
 
@@ -63,6 +64,7 @@ cdef enum:
     NEW_KEYS = 2
 
 
+@cython.final
 cdef class Output:
     """The batch an op is building: values, and the keys/groups that go with them.
 
