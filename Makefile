@@ -22,7 +22,7 @@ demo: install
 	bash scripts/demo.sh
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --doctest-modules wallaroo tests
 
 bench: install
 	$(BIN)/python benchmarks/run.py

@@ -57,6 +57,24 @@ def run(pipeline, inputs=None, **kwargs):
     return wallaroo.testing.run(app, inputs or {}, timeout=10, **kwargs)
 
 
+def counting_stage(name, output=lambda x, n: n):
+    """A state computation that counts the inputs its state has seen and returns
+    ``output(input, count)``, and the list of the state objects made so far (one per key)."""
+    made = []
+
+    class Count:
+        def __init__(self):
+            made.append(self)
+            self.n = 0
+
+    @wallaroo.state_computation(name=name, state=Count)
+    def count(x, state):
+        state.n += 1
+        return output(x, state.n)
+
+    return count, made
+
+
 # ---------------------------------------------------------------------------------------------
 # Decorators and the methods they generate
 # ---------------------------------------------------------------------------------------------
@@ -462,17 +480,7 @@ class TestReturnSemantics:
         assert sorted(out) == sorted(expected)
 
     def test_state_is_made_lazily_once_per_key(self):
-        made = []
-
-        class PerKey:
-            def __init__(self):
-                made.append(self)
-                self.n = 0
-
-        @wallaroo.state_computation(name="per key", state=PerKey)
-        def per_key(x, state):
-            state.n += 1
-            return (x % 7, state.n)
+        per_key, made = counting_stage("per key", lambda x, n: (x % 7, n))
 
         keep_small = wallaroo.computation(name="small")(lambda x: x if x % 7 < 5 else None)
         values = [RNG.randint(0, 1000) for _ in range(300)]
@@ -489,17 +497,7 @@ class TestReturnSemantics:
         assert final == dict(collections.Counter(v % 7 for v in values if v % 7 < 5))
 
     def test_without_key_by_one_state_per_source(self):
-        made = []
-
-        class Count:
-            def __init__(self):
-                made.append(self)
-                self.n = 0
-
-        @wallaroo.state_computation(name="count", state=Count)
-        def count(x, state):
-            state.n += 1
-            return (x[0], state.n)
+        count, made = counting_stage("count", lambda x, n: (x[0], n))
 
         left = [f"a{i}" for i in range(17)]
         right = [f"b{i}" for i in range(9)]
@@ -510,17 +508,7 @@ class TestReturnSemantics:
         assert [n for src, n in out if src == "b"] == list(range(1, len(right) + 1))
 
     def test_collect_gives_one_state(self):
-        made = []
-
-        class Count:
-            def __init__(self):
-                made.append(self)
-                self.n = 0
-
-        @wallaroo.state_computation(name="count all", state=Count)
-        def count_all(x, state):
-            state.n += 1
-            return state.n
+        count_all, made = counting_stage("count all")
 
         left, right = list(range(30)), list(range(100, 111))
         p = (iter_source("left", left).merge(iter_source("right", right))
@@ -530,17 +518,7 @@ class TestReturnSemantics:
         assert out == list(range(1, len(left) + len(right) + 1))
 
     def test_keys_stay_with_their_values_through_drops_and_expansions(self):
-        made = []
-
-        class Count:
-            def __init__(self):
-                made.append(self)
-                self.n = 0
-
-        @wallaroo.state_computation(name="count", state=Count)
-        def count(x, state):
-            state.n += 1
-            return (x, state.n)
+        count, made = counting_stage("count", lambda x, n: (x, n))
 
         drop = wallaroo.computation(name="drop")(lambda x: x if x % 3 else None)
         expand = wallaroo.computation_multi(name="expand")(lambda x: [x] * (x % 4))
@@ -560,17 +538,7 @@ class TestReturnSemantics:
 
     @pytest.mark.parametrize("route", ["key_by", "collect"])
     def test_merged_sources_share_state_when_keyed(self, route):
-        made = []
-
-        class Count:
-            def __init__(self):
-                made.append(self)
-                self.n = 0
-
-        @wallaroo.state_computation(name="count", state=Count)
-        def count(x, state):
-            state.n += 1
-            return state.n
+        count, made = counting_stage("count")
 
         merged = iter_source("a", ["k"] * 3).merge(iter_source("b", ["k"] * 4))
         merged = merged.key_by(lambda x: x) if route == "key_by" else merged.collect()
@@ -631,7 +599,7 @@ class TestReturnSemantics:
         assert out == [[{"a": 1}, (2, 3)]]
 
     def test_bounded_sources_not_in_inputs_run_as_configured(self):
-        gen = wallaroo.GenSourceConfig("gen", _Countdown(6))
+        gen = wallaroo.GenSourceConfig("gen", stages.Countdown(6))
         p = wallaroo.source("gen", gen).merge(wallaroo.source("t", tcp_source("t"))).to_sink(mem_sink())
         (out,) = run(p, {"t": ["x"]})
         assert sorted(map(str, out)) == sorted(map(str, [6, 5, 4, 3, 2, 1, "x"]))
@@ -661,17 +629,6 @@ class TestReturnSemantics:
         path.write_bytes(("\n".join(lines) + "\n").encode())
         p = wallaroo.source("f", wallaroo.FileSourceConfig("f", path)).to_sink(mem_sink())
         assert run(p) == [lines]
-
-
-class _Countdown:
-    def __init__(self, n):
-        self.n = n
-
-    def initial_value(self):
-        return self.n
-
-    def apply(self, previous):
-        return previous - 1 if previous > 1 else None
 
 
 # ---------------------------------------------------------------------------------------------

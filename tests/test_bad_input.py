@@ -9,8 +9,8 @@ stage and input; skip; dead-letter).
 Setup errors (missing module, no application_setup, no sink, ...: exit 2 with one line) are
 tested in one place, tests/test_cli.py.
 
-The applications are in tests/apps/wr_bad_apps.py. Process and socket helpers come from
-tests/test_cli.py.
+The applications are in tests/apps/wr_bad_apps.py. Processes and sockets come from tests/support
+and the fixtures of tests/conftest.py (``wallaroo_run``, ``listener``).
 """
 from __future__ import annotations
 
@@ -20,17 +20,13 @@ import re
 import signal
 import socket
 import struct
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from test_cli import (  # noqa: E402,F401  (fixtures are used by name)
-    HOST, frame, listener, run_cli, start,
-)
+from support.net import HOST, frame
+from support.processes import run_cli
 
 SUMMARY = "failure(s)"
 
@@ -57,10 +53,10 @@ def matching(lines: list[str], *needles: str) -> list[str]:
     return [line for line in lines if all(n in line for n in needles)]
 
 
-def start_tcp(start, listener, app: str, source: str, *extra: str):
+def start_tcp(wallaroo_run, listener, app: str, source: str, *extra: str):
     sink = listener()
-    proc = start("--app", f"wr_bad_apps:{app}", "--in", f"{source}@{HOST}:0", "--out",
-                 sink.address, *extra)
+    proc = wallaroo_run("--app", f"wr_bad_apps:{app}", "--in", f"{source}@{HOST}:0",
+                        "--out", sink.address, *extra)
     _, ports = proc.startup()
     return proc, sink, ports[source]
 
@@ -74,9 +70,10 @@ def stop(proc) -> None:
 # frames over the size limit, truncated frames
 # ---------------------------------------------------------------------------------------------
 
-def test_oversized_frame_closes_only_that_connection(start, listener):
+def test_oversized_frame_closes_only_that_connection(wallaroo_run, listener):
     max_size = 64
-    proc, sink, port = start_tcp(start, listener, "capped", "capped", "--max-size", str(max_size))
+    proc, sink, port = start_tcp(wallaroo_run, listener, "capped", "capped",
+                                 "--max-size", str(max_size))
     with socket.create_connection((HOST, port)) as other, \
             socket.create_connection((HOST, port)) as bad:
         other_frame = frame("other goes on")
@@ -101,12 +98,12 @@ def test_oversized_frame_closes_only_that_connection(start, listener):
     assert matching(proc.stderr_lines, "'capped'", "1 frame", SUMMARY), proc.stderr
 
 
-def test_oversized_frame_is_reported_once(start, listener):
+def test_oversized_frame_is_reported_once(wallaroo_run, listener):
     # Regression test for a fixed bug (the old behaviour): after closing the connection for an oversized frame, connection_lost finds the
     # oversized frame's bytes still in the FrameReader buffer and reports them again as a
     # truncated frame ("ended inside a frame; 37 bytes of an unfinished frame were dropped"):
     # one bad frame is logged, counted and dead-lettered twice, under a wrong second reason.
-    proc, sink, port = start_tcp(start, listener, "capped", "capped", "--max-size", "32")
+    proc, sink, port = start_tcp(wallaroo_run, listener, "capped", "capped", "--max-size", "32")
     with socket.create_connection((HOST, port)) as conn:
         conn.sendall(struct.pack(">I", 33) + b"o" * 33)
         recv_until_closed(conn)
@@ -117,11 +114,11 @@ def test_oversized_frame_is_reported_once(start, listener):
     assert not matching(proc.stderr_lines, "truncated frame"), proc.stderr
 
 
-def test_frames_before_an_oversized_one_in_the_same_packet_are_processed(start, listener):
+def test_frames_before_an_oversized_one_in_the_same_packet_are_processed(wallaroo_run, listener):
     # Regression test for a fixed bug (the old behaviour): FrameReader.feed raises FrameTooLarge and drops the list of frames it had
     # already cut from the same chunk, so complete, valid frames that arrived in the same read
     # as an oversized header never reach the app (connections.tcp._FrameProtocol.data_received).
-    proc, sink, port = start_tcp(start, listener, "capped", "capped", "--max-size", "16")
+    proc, sink, port = start_tcp(wallaroo_run, listener, "capped", "capped", "--max-size", "16")
     with socket.create_connection((HOST, port)) as conn:
         conn.sendall(frame("first") + frame("second") + struct.pack(">I", 17) + b"z" * 17)
         recv_until_closed(conn)
@@ -132,8 +129,8 @@ def test_frames_before_an_oversized_one_in_the_same_packet_are_processed(start, 
     assert lines_of(sink.data) == ["first", "second", "marker"]
 
 
-def test_truncated_frame_at_disconnect(start, listener):
-    proc, sink, port = start_tcp(start, listener, "capped", "capped", "--max-size", "1000")
+def test_truncated_frame_at_disconnect(wallaroo_run, listener):
+    proc, sink, port = start_tcp(wallaroo_run, listener, "capped", "capped", "--max-size", "1000")
     words = ["one", "two", "three"]
     with socket.create_connection((HOST, port)) as conn:
         # three whole frames, then a header for 10 bytes and only 4 of them
@@ -150,12 +147,12 @@ def test_truncated_frame_at_disconnect(start, listener):
     assert matching(proc.stderr_lines, "'capped'", "1 truncated frame", SUMMARY), proc.stderr
 
 
-def test_bad_frames_go_to_the_dead_letter_file(start, listener, tmp_path):
+def test_bad_frames_go_to_the_dead_letter_file(wallaroo_run, listener, tmp_path):
     # Regression test for a fixed bug (the old behaviour): also fails because an oversized frame is reported twice (see
     # test_oversized_frame_is_reported_once): the dead-letter file gets a second, bogus
     # "truncated_frame" record for the connection the engine itself closed.
     dead = tmp_path / "frames.jsonl"
-    proc, sink, port = start_tcp(start, listener, "capped", "capped", "--max-size", "32",
+    proc, sink, port = start_tcp(wallaroo_run, listener, "capped", "capped", "--max-size", "32",
                                  "--dead-letter", str(dead))
     oversized = struct.pack(">I", 33) + b"o" * 33
     with socket.create_connection((HOST, port)) as conn:
@@ -174,8 +171,8 @@ def test_bad_frames_go_to_the_dead_letter_file(start, listener, tmp_path):
     assert "unfinished frame" in records[1]["error"]
 
 
-def test_header_split_across_packets_is_not_truncation(start, listener):
-    proc, sink, port = start_tcp(start, listener, "capped", "capped")
+def test_header_split_across_packets_is_not_truncation(wallaroo_run, listener):
+    proc, sink, port = start_tcp(wallaroo_run, listener, "capped", "capped")
     data = frame("split") + frame("frames")
     with socket.create_connection((HOST, port)) as conn:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -203,10 +200,10 @@ def _decoder_payloads():
 
 
 @pytest.mark.parametrize("dead_letter", [False, True])
-def test_decoder_that_raises(start, listener, tmp_path, dead_letter):
+def test_decoder_that_raises(wallaroo_run, listener, tmp_path, dead_letter):
     path = tmp_path / "dead.jsonl"
     extra = ("--dead-letter", str(path)) if dead_letter else ()
-    proc, sink, port = start_tcp(start, listener, "bad_decoder", "raw", *extra)
+    proc, sink, port = start_tcp(wallaroo_run, listener, "bad_decoder", "raw", *extra)
     payloads = _decoder_payloads()
     bad = [p for p in payloads if p.startswith(b"bad")]
     good = [p.decode() for p in payloads if not p.startswith(b"bad") and p != b"skip"]
@@ -357,8 +354,8 @@ def test_on_error_dead_letter_without_a_path_goes_on(tmp_path):
     assert len(written[0].read_text().splitlines()) == 3
 
 
-def test_computation_that_raises_on_a_tcp_source_stops_the_engine(start, listener):
-    proc, sink, port = start_tcp(start, listener, "bad_compute_tcp", "numbers")
+def test_computation_that_raises_on_a_tcp_source_stops_the_engine(wallaroo_run, listener):
+    proc, sink, port = start_tcp(wallaroo_run, listener, "bad_compute_tcp", "numbers")
     with socket.create_connection((HOST, port)) as conn:
         conn.sendall(b"".join(frame(str(i)) for i in range(5)))
         sink.wait_for(lambda d: d.count(b"\n") >= 5)

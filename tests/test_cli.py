@@ -2,7 +2,9 @@
 
 The applications live in tests/apps/wr_cli_app.py and are configured through their own command
 line (``--input``, ``--output``, ...), which also checks that app args reach
-``application_setup(args)``. Every process started here is killed in teardown.
+``application_setup(args)``. Processes start through the ``wallaroo_run`` fixture
+(tests/conftest.py, :class:`support.processes.Proc`) and are killed in teardown; ``listener``
+gives TCP servers standing in for receivers (:class:`support.net.Listener`).
 """
 from __future__ import annotations
 
@@ -12,226 +14,22 @@ import random
 import re
 import signal
 import socket
-import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-WALLAROO_RUN = str(BIN / "wallaroo-run")
-APPS = Path(__file__).resolve().parent / "apps"
-HOST = "127.0.0.1"
+from support.net import HOST, frame, free_port
+from support.processes import STARTUP_RE, app_env, run_cli
+
 RNG = random.Random(7002)
-
-STARTUP_RE = re.compile(r'^wallaroo: running "(?P<app>[^"]*)" \(pid (?P<pid>\d+)\) \| (?P<rest>.*)$')
-SOURCE_RE = re.compile(r'source "(?P<name>[^"]+)" at tcp://(?P<host>[0-9.]+):(?P<port>\d+)')
-
-
-def app_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APPS), env.get("PYTHONPATH")]))
-    env.pop("WR_ARGS_FILE", None)
-    env.update(extra)
-    return env
-
-
-def frame(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return struct.pack(">I", len(data)) + data
 
 
 def random_words(n: int) -> list[str]:
     alphabet = "abcdefghijklmnopqrstuvwxyzäöü"
     return ["".join(RNG.choice(alphabet) for _ in range(RNG.randint(1, 12))) for _ in range(n)]
-
-
-class Proc:
-    """A wallaroo-run child; stdout and stderr are collected in the background."""
-
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]):
-        self.argv = [WALLAROO_RUN, *args]
-        self.popen = subprocess.Popen(self.argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      start_new_session=True)
-        self._out = bytearray()
-        self._err: list[str] = []
-        self._cond = threading.Condition()
-        self._threads = [threading.Thread(target=self._pump, args=(self.popen.stdout, False), daemon=True),
-                         threading.Thread(target=self._pump, args=(self.popen.stderr, True), daemon=True)]
-        for t in self._threads:
-            t.start()
-
-    def _pump(self, stream, is_err: bool) -> None:
-        for line in iter(stream.readline, b""):
-            with self._cond:
-                if is_err:
-                    self._err.append(line.decode("utf-8", "replace").rstrip("\n"))
-                else:
-                    self._out += line
-                self._cond.notify_all()
-
-    @property
-    def stdout(self) -> bytes:
-        with self._cond:
-            return bytes(self._out)
-
-    @property
-    def stderr_lines(self) -> list[str]:
-        with self._cond:
-            return list(self._err)
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.stderr_lines)
-
-    def describe(self) -> str:
-        return (f"{' '.join(self.argv)} (returncode {self.popen.poll()})\n--- stderr ---\n"
-                f"{self.stderr}\n--- stdout ---\n{self.stdout[-2000:]!r}")
-
-    def wait_stderr(self, pattern: re.Pattern, timeout: float = 5.0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self._err:
-                    m = pattern.search(line)
-                    if m:
-                        return m
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.popen.poll() is not None and not any(t.is_alive() for t in self._threads)):
-                    break
-                self._cond.wait(min(left, 0.05))
-        raise AssertionError(f"no stderr line matching {pattern.pattern!r}\n{self.describe()}")
-
-    def startup(self, timeout: float = 5.0) -> tuple[re.Match, dict[str, int]]:
-        m = self.wait_stderr(STARTUP_RE, timeout)
-        ports = {s["name"]: int(s["port"]) for s in SOURCE_RE.finditer(m["rest"])}
-        return m, ports
-
-    def wait(self, timeout: float = 5.0) -> int:
-        try:
-            code = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"wallaroo-run did not exit within {timeout} s\n{self.describe()}") from None
-        for t in self._threads:
-            t.join(2)
-        return code
-
-    def signal(self, signum: int) -> None:
-        if self.popen.poll() is None:
-            os.kill(self.popen.pid, signum)
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.popen.wait(5)
-        for t in self._threads:
-            t.join(2)
-
-
-class Listener:
-    """A TCP server on 127.0.0.1:0 standing in for a receiver: keeps every byte it is sent."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind((HOST, 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.address = f"{HOST}:{self.port}"
-        self._data = bytearray()
-        self._cond = threading.Condition()
-        self.connections = 0
-        self.closed = 0
-        self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self._cond:
-                self.connections += 1
-                self._conns.append(conn)
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
-
-    def _read(self, conn: socket.socket) -> None:
-        while True:
-            try:
-                chunk = conn.recv(65536)
-            except OSError:
-                chunk = b""
-            with self._cond:
-                if not chunk:
-                    self.closed += 1
-                    self._cond.notify_all()
-                    return
-                self._data += chunk
-                self._cond.notify_all()
-
-    @property
-    def data(self) -> bytes:
-        with self._cond:
-            return bytes(self._data)
-
-    def wait_for(self, predicate, timeout: float = 5.0) -> bytes:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(bytes(self._data)):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"listener {self.address} got only {bytes(self._data)[-500:]!r}")
-                self._cond.wait(min(left, 0.05))
-            return bytes(self._data)
-
-    def wait_closed(self, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.closed < self.connections or self.connections == 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError("the sender never closed its connection")
-                self._cond.wait(min(left, 0.05))
-
-    def close(self) -> None:
-        self.sock.close()
-        with self._cond:
-            for c in self._conns:
-                c.close()
-
-
-@pytest.fixture
-def start(tmp_path):
-    procs: list[Proc] = []
-
-    def _start(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(list(args), cwd or tmp_path, env or app_env())
-        procs.append(proc)
-        return proc
-
-    yield _start
-    for proc in procs:
-        proc.kill()
-
-
-@pytest.fixture
-def listener():
-    servers: list[Listener] = []
-
-    def _make() -> Listener:
-        servers.append(Listener())
-        return servers[-1]
-
-    yield _make
-    for s in servers:
-        s.close()
 
 
 @pytest.fixture
@@ -242,13 +40,6 @@ def busy_port():
     sock.listen(1)
     yield sock.getsockname()[1]
     sock.close()
-
-
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
-            timeout: float = 10) -> subprocess.CompletedProcess:
-    """Run wallaroo-run to its end (subprocess.run kills it on timeout)."""
-    return subprocess.run([WALLAROO_RUN, *args], cwd=cwd, env=env or app_env(),
-                          stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
 
 
 def write_lines(path: Path, lines: list[str], trailing_newline: bool = True) -> None:
@@ -377,7 +168,7 @@ def test_original_flags_are_accepted(tmp_path):
     assert (tmp_path / "out.txt").read_bytes() == expected_upper(lines)
 
 
-def test_engine_flags_are_not_app_args_and_argv_is_kept(tmp_path, start, listener):
+def test_engine_flags_are_not_app_args_and_argv_is_kept(tmp_path, wallaroo_run, listener):
     """Everything that is not an engine flag reaches application_setup(args), in order."""
     sink = listener()
     args_file = tmp_path / "args.json"
@@ -388,7 +179,7 @@ def test_engine_flags_are_not_app_args_and_argv_is_kept(tmp_path, start, listene
               "--ponythreads=4", "--dead-letter", str(tmp_path / "dl.jsonl")]
     # interleave engine flags and app args
     argv = engine[:2] + app_args[:2] + engine[2:6] + app_args[2:5] + engine[6:] + app_args[5:]
-    proc = start(*argv, env=app_env(WR_ARGS_FILE=str(args_file)))
+    proc = wallaroo_run(*argv, env=app_env(WR_ARGS_FILE=str(args_file)))
     proc.startup()
     recorded = json.loads(args_file.read_text())
     assert recorded["args"] == app_args
@@ -401,9 +192,9 @@ def test_engine_flags_are_not_app_args_and_argv_is_kept(tmp_path, start, listene
 # TCP: --in / --out overrides, startup line, signals
 # ---------------------------------------------------------------------------------------------
 
-def test_tcp_run_startup_line_and_sigterm(tmp_path, start, listener):
+def test_tcp_run_startup_line_and_sigterm(tmp_path, wallaroo_run, listener):
     sink = listener()
-    proc = start("--app", "wr_cli_app:tcp_app", "--in", f"frames@{HOST}:0", "--out", sink.address)
+    proc = wallaroo_run("--app", "wr_cli_app:tcp_app", "--in", f"frames@{HOST}:0", "--out", sink.address)
     m, ports = proc.startup()
     assert m["app"] == "Upper TCP" and int(m["pid"]) == proc.popen.pid
     assert list(ports) == ["frames"] and ports["frames"] != 0
@@ -420,9 +211,9 @@ def test_tcp_run_startup_line_and_sigterm(tmp_path, start, listener):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_mid_stream_delivers_what_was_produced(tmp_path, start, listener, signum):
+def test_signal_mid_stream_delivers_what_was_produced(tmp_path, wallaroo_run, listener, signum):
     sink = listener()
-    proc = start("--app", "wr_cli_app:tcp_app", "-i", f"frames@{HOST}:0", "-o", sink.address)
+    proc = wallaroo_run("--app", "wr_cli_app:tcp_app", "-i", f"frames@{HOST}:0", "-o", sink.address)
     _, ports = proc.startup()
     words = [f"w{i}" for i in range(200000)]
     want = expected_upper(words)
@@ -454,11 +245,9 @@ def test_signal_mid_stream_delivers_what_was_produced(tmp_path, start, listener,
     assert want.startswith(got), got[-200:]
 
 
-def test_tcp_sink_connects_when_the_receiver_comes_up_later(tmp_path, start):
-    with socket.socket() as s:  # a port that is free now; the receiver listens on it later
-        s.bind((HOST, 0))
-        port = s.getsockname()[1]
-    proc = start("--app", "wr_cli_app:tcp_app", "--in", f"frames@{HOST}:0", "--out",
+def test_tcp_sink_connects_when_the_receiver_comes_up_later(tmp_path, wallaroo_run):
+    port = free_port()  # free now; the receiver listens on it later
+    proc = wallaroo_run("--app", "wr_cli_app:tcp_app", "--in", f"frames@{HOST}:0", "--out",
                  f"{HOST}:{port}")
     _, ports = proc.startup()
     words = random_words(20)
@@ -484,11 +273,11 @@ def test_tcp_sink_connects_when_the_receiver_comes_up_later(tmp_path, start):
     assert got == expected_upper(words)
 
 
-def test_in_overrides_named_sources_and_out_overrides_the_sink(tmp_path, start, listener, busy_port):
+def test_in_overrides_named_sources_and_out_overrides_the_sink(tmp_path, wallaroo_run, listener, busy_port):
     sink = listener()
     # the app's own ports are busy: it can only start if --in replaced both sources
     env = app_env(WR_OWN_PORT=str(busy_port))
-    proc = start("--app", "wr_cli_app:two_tcp_sources", "--in",
+    proc = wallaroo_run("--app", "wr_cli_app:two_tcp_sources", "--in",
                  f"right@{HOST}:0,left@{HOST}:0", "--out", sink.address, env=env)
     m, ports = proc.startup()
     assert sorted(ports) == ["left", "right"]
@@ -503,10 +292,10 @@ def test_in_overrides_named_sources_and_out_overrides_the_sink(tmp_path, start, 
     assert sorted(sink.data.splitlines()) == sorted(want.splitlines())
 
 
-def test_out_addresses_follow_the_order_sinks_were_added(tmp_path, start, listener, busy_port):
+def test_out_addresses_follow_the_order_sinks_were_added(tmp_path, wallaroo_run, listener, busy_port):
     first, second = listener(), listener()
     env = app_env(WR_OWN_PORT=str(busy_port))
-    proc = start("--app", "wr_cli_app:two_tcp_sinks", "--in", f"mixed@{HOST}:0",
+    proc = wallaroo_run("--app", "wr_cli_app:two_tcp_sinks", "--in", f"mixed@{HOST}:0",
                  "--out", f"{first.address},{second.address}", env=env)
     m, ports = proc.startup()
     assert m["rest"].endswith(f"| sink tcp://{first.address} | sink tcp://{second.address}")
@@ -520,12 +309,10 @@ def test_out_addresses_follow_the_order_sinks_were_added(tmp_path, start, listen
     assert second.data == "".join(f"{w.lower()}\n" for w in words).encode()  # sink B: lower
 
 
-def test_sink_that_cannot_deliver_exits_1(tmp_path, start):
+def test_sink_that_cannot_deliver_exits_1(tmp_path, wallaroo_run):
     # nothing listens on the sink's port: at stop the output cannot be delivered
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        dead = s.getsockname()[1]
-    proc = start("--app", "wr_cli_app:tcp_app", "--in", f"frames@{HOST}:0", "--out",
+    dead = free_port()
+    proc = wallaroo_run("--app", "wr_cli_app:tcp_app", "--in", f"frames@{HOST}:0", "--out",
                  f"{HOST}:{dead}", "--flush-timeout", "0.3")
     _, ports = proc.startup()
     send_frames(ports["frames"], ["lost"])
@@ -535,12 +322,10 @@ def test_sink_that_cannot_deliver_exits_1(tmp_path, start):
     assert "not fully delivered" in proc.stderr
 
 
-def test_second_signal_stops_waiting_for_the_sink(tmp_path, start):
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        dead = s.getsockname()[1]
+def test_second_signal_stops_waiting_for_the_sink(tmp_path, wallaroo_run):
+    dead = free_port()
     # default flush timeout (30 s): only the second signal makes it give up at once
-    proc = start("--app", "wr_cli_app:tcp_app", "--in", f"frames@{HOST}:0", "--out",
+    proc = wallaroo_run("--app", "wr_cli_app:tcp_app", "--in", f"frames@{HOST}:0", "--out",
                  f"{HOST}:{dead}")
     _, ports = proc.startup()
     send_frames(ports["frames"], ["stuck"])
@@ -634,3 +419,19 @@ def test_module_that_fails_while_loading(tmp_path):
     assert result.returncode == 2, err
     assert "Traceback" in err and "wr_definitely_missing_dependency" in err
     assert err.strip().splitlines()[-1].startswith("wallaroo-run:")
+
+
+def test_explain_prints_the_plan_and_runs_nothing(tmp_path):
+    """--explain shows the fused chains and the exchange before the state computation, then
+    exits 0 without opening any source or sink."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "word_count"
+    result = run_cli("--app", "word_count", "--in", "Split and Count@127.0.0.1:0",
+                     "--out", "127.0.0.1:9", "--explain", cwd=example)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == '"Word Count Application"'
+    assert lines[1].startswith("source 'Split and Count' -> [")
+    chain = lines[1].split("-> ", 1)[1]
+    assert any(line.startswith(chain) and "-> exchange [count word]" in line for line in lines)
+    assert lines[-1] == "[count word] -> tcp://127.0.0.1:9"
+    assert b"wallaroo: running" not in result.stderr

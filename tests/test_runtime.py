@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pty
 import re
-import select
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,15 +22,10 @@ from hypothesis import strategies as st
 
 import wallaroo
 import wallaroo.testing
+from support.net import HOST, free_port
+from support.processes import APPS, SOURCE_RE, STARTUP_RE, WALLAROO_RUN, app_env
 from wallaroo.errors import StageFailed
 from wallaroo.runtime.worker import RunOptions, Worker
-
-HOST = "127.0.0.1"
-APPS = Path(__file__).resolve().parent / "apps"
-BIN = Path(sys.executable).parent
-WALLAROO_RUN = str(BIN / "wallaroo-run")
-STARTUP_RE = re.compile(r'wallaroo: running "(?P<app>[^"]*)" \(pid (?P<pid>\d+)\) \| (?P<rest>.*)')
-SOURCE_RE = re.compile(r'source "(?P<name>[^"]+)" at tcp://(?P<host>[0-9.]+):(?P<port>\d+)')
 
 line_enc = wallaroo.encoder(lambda x: f"{x}\n")
 
@@ -122,20 +113,7 @@ def closing():
             pass
 
 
-@pytest.fixture
-def processes():
-    procs: list[subprocess.Popen] = []
-    yield procs.append
-    for p in procs:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                p.kill()
-        p.wait(10)
-
-
-def listener(closing) -> socket.socket:
+def listening_socket(closing) -> socket.socket:
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((HOST, 0))
@@ -261,6 +239,14 @@ def test_two_bounded_sources_end_when_both_are_done(tmp_path):
     assert [x for x in got if x < 10_000] == list(range(3000))
 
 
+def _run_gen(out, gen, name, **options):
+    """Run GenSourceConfig "g" over ``gen`` into the file ``out``, a value a line; returns
+    (worker, result)."""
+    p = (wallaroo.source("g", wallaroo.GenSourceConfig("g", gen))
+         .to_sink(wallaroo.FileSinkConfig(out, line_enc)))
+    return run_worker(wallaroo.build_application(name, p), **options)
+
+
 class Countdown:
     def __init__(self, start):
         self.start = start
@@ -278,9 +264,7 @@ class Countdown:
 def test_gen_source_ends_when_apply_returns_none(tmp_path, start):
     out = tmp_path / "out.txt"
     gen = Countdown(start)
-    p = (wallaroo.source("g", wallaroo.GenSourceConfig("g", gen))
-         .to_sink(wallaroo.FileSinkConfig(out, line_enc)))
-    _, result = run_worker(wallaroo.build_application("gen", p))
+    _, result = _run_gen(out, gen, "gen")
     assert result.exit_code == 0
     assert result.ingested == start
     assert out.read_text() == "".join(f"{n}\n" for n in range(start, 0, -1))
@@ -302,9 +286,7 @@ class FailingGen:
 
 def test_gen_source_error_fails_the_run_under_fail_policy(tmp_path):
     out = tmp_path / "out.txt"
-    p = (wallaroo.source("g", wallaroo.GenSourceConfig("g", FailingGen(5)))
-         .to_sink(wallaroo.FileSinkConfig(out, line_enc)))
-    worker, result = run_worker(wallaroo.build_application("genfail", p))
+    _, result = _run_gen(out, FailingGen(5), "genfail")
     assert result.exit_code == 1
     assert isinstance(result.failure, StageFailed)
     assert "g" in result.failure.stage and result.failure.value == 5
@@ -318,18 +300,14 @@ def test_gen_source_error_keeps_the_values_made_before_it(tmp_path):
     # ctx.emit refuses batches once the worker is stopping. A failing computation keeps
     # "what came before it" (see wallaroo._core.chain); a failing generator loses it.
     out = tmp_path / "out.txt"
-    p = (wallaroo.source("g", wallaroo.GenSourceConfig("g", FailingGen(5)))
-         .to_sink(wallaroo.FileSinkConfig(out, line_enc)))
-    _, result = run_worker(wallaroo.build_application("genfail", p))
+    _, result = _run_gen(out, FailingGen(5), "genfail")
     assert result.exit_code == 1
     assert out.read_text() == "1\n2\n3\n4\n5\n"
 
 
 def test_gen_source_error_is_skipped_under_skip_policy(tmp_path):
     out = tmp_path / "out.txt"
-    p = (wallaroo.source("g", wallaroo.GenSourceConfig("g", FailingGen(2500)))
-         .to_sink(wallaroo.FileSinkConfig(out, line_enc)))
-    _, result = run_worker(wallaroo.build_application("genskip", p), on_error="skip")
+    _, result = _run_gen(out, FailingGen(2500), "genskip", on_error="skip")
     assert result.exit_code == 0 and result.failure is None
     assert result.error_counts == {("g generator", "error"): 1}
     assert out.read_text() == "".join(f"{n}\n" for n in range(1, 2501))
@@ -527,7 +505,7 @@ def test_back_pressure_from_a_tcp_sink_that_does_not_read(workers, closing):
     # so the gate opens and stays open: the producer runs unthrottled into the transport's
     # buffer (gigabytes within seconds). Fix: only unblock when the transport buffer is below
     # the high-water mark; resume_writing() unblocks later.
-    lst = listener(closing)
+    lst = listening_socket(closing)
     conns: list[socket.socket] = []
     accepted = threading.Event()
 
@@ -599,10 +577,7 @@ def test_back_pressure_from_a_tcp_sink_that_does_not_read(workers, closing):
 
 
 def test_tcp_sink_waits_for_a_listener_that_starts_late(workers, closing):
-    probe = socket.socket()
-    probe.bind((HOST, 0))
-    port = probe.getsockname()[1]
-    probe.close()  # nothing listens on port now
+    port = free_port()  # nothing listens on port now
     values = [f"line {i} " + "y" * (i % 50) for i in range(3000)]
     enc = wallaroo.encoder(lambda s: s + "\n")
     p = (wallaroo.source("n", wallaroo.IterSourceConfig("n", values))
@@ -628,7 +603,7 @@ def test_tcp_sink_waits_for_a_listener_that_starts_late(workers, closing):
 
 
 def test_tcp_sink_reconnects_after_the_connection_dies(workers, closing):
-    lst = listener(closing)
+    lst = listening_socket(closing)
     dec = wallaroo.decoder(header_length=4, length_fmt=">I")(lambda b: b.decode())
     enc = wallaroo.encoder(lambda s: f"<{s}>\n")
     p = (wallaroo.source("in", wallaroo.TCPSourceConfig("in", HOST, 0, dec))
@@ -655,16 +630,21 @@ def test_tcp_sink_reconnects_after_the_connection_dies(workers, closing):
     assert result.failure is None
 
 
+def _start_capped_tcp_to_file(workers, out):
+    """A started worker: TCP source "in" (u32 frames, max_size=100) -> file ``out``."""
+    dec = wallaroo.decoder(header_length=4, length_fmt=">I")(lambda b: b.decode())
+    p = (wallaroo.source("in", wallaroo.TCPSourceConfig("in", HOST, 0, dec, max_size=100))
+         .to_sink(wallaroo.FileSinkConfig(out, wallaroo.encoder(lambda s: s + "\n"))))
+    return workers(wallaroo.build_application("big", p), RunOptions()).start()
+
+
 def test_tcp_source_oversized_frame_keeps_the_good_frames_before_it(workers, closing, tmp_path):
     # Regression test for a fixed bug (the old behaviour): FrameReader.feed raises FrameTooLarge for a read that also
     # completed valid frames, and those frames are discarded with the exception (they are
     # counted in FrameReader.frames but never returned), so _FrameProtocol.data_received never
     # emits them: valid input sent in the same TCP read as an oversized frame is lost.
     out = tmp_path / "out.txt"
-    dec = wallaroo.decoder(header_length=4, length_fmt=">I")(lambda b: b.decode())
-    p = (wallaroo.source("in", wallaroo.TCPSourceConfig("in", HOST, 0, dec, max_size=100))
-         .to_sink(wallaroo.FileSinkConfig(out, wallaroo.encoder(lambda s: s + "\n"))))
-    tw = workers(wallaroo.build_application("big", p), RunOptions()).start()
+    tw = _start_capped_tcp_to_file(workers, out)
     client = socket.create_connection(tw.source_address(), timeout=5)
     closing(client)
     good = [b"g1", b"g2", b"g3"]
@@ -685,10 +665,7 @@ def test_tcp_source_oversized_frame_is_counted_once_and_other_connections_go_on(
     # reader's buffer, so connection_lost also reports a truncated frame: one bad frame is
     # counted (and dead-lettered) twice.
     out = tmp_path / "out.txt"
-    dec = wallaroo.decoder(header_length=4, length_fmt=">I")(lambda b: b.decode())
-    p = (wallaroo.source("in", wallaroo.TCPSourceConfig("in", HOST, 0, dec, max_size=100))
-         .to_sink(wallaroo.FileSinkConfig(out, wallaroo.encoder(lambda s: s + "\n"))))
-    tw = workers(wallaroo.build_application("big", p), RunOptions()).start()
+    tw = _start_capped_tcp_to_file(workers, out)
     good = socket.create_connection(tw.source_address(), timeout=5)
     closing(good)
     bad = socket.create_connection(tw.source_address(), timeout=5)
@@ -707,41 +684,6 @@ def test_tcp_source_oversized_frame_is_counted_once_and_other_connections_go_on(
 
 # ------------------------------------------------------------------------------------------
 # wallaroo-run: SIGTERM flush and the progress line
-
-
-class StderrLines:
-    """Collects a process's stderr lines in a thread."""
-
-    def __init__(self, stream):
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _read(self, stream):
-        for line in stream:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-
-    def wait_match(self, regex, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for line in self.lines:
-                    m = regex.search(line)
-                    if m:
-                        return m
-                left = deadline - time.monotonic()
-                assert left > 0, "no match for %s in %r" % (regex.pattern, self.lines)
-                self.cond.wait(left)
-
-
-def _env(**extra):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(APPS) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
 
 
 def _kernel_send_buffer_max() -> int:
@@ -763,15 +705,11 @@ def test_sigterm_flushes_every_processed_output(tmp_path, processes, closing):
     out_port = lst.getsockname()[1]
     count_file = tmp_path / "count"
     pad = 3000
-    proc = subprocess.Popen(
+    proc = processes(
         [WALLAROO_RUN, "--app", "rt_sigterm_app", "--in", "in@127.0.0.1:0",
          "--out", f"127.0.0.1:{out_port}"],
-        cwd=APPS, env=_env(RT_COUNT_FILE=str(count_file), RT_PAD=str(pad)),
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
-    processes(proc)
-    err = StderrLines(proc.stderr)
-    start = err.wait_match(STARTUP_RE)
+        cwd=APPS, env=app_env(RT_COUNT_FILE=str(count_file), RT_PAD=str(pad)), timeout=15)
+    start = proc.wait_stderr(STARTUP_RE)
     assert start["app"] == "rt sigterm" and int(start["pid"]) == proc.pid
     src = SOURCE_RE.search(start["rest"])
     assert src and src["name"] == "in" and src["host"] == HOST
@@ -785,9 +723,9 @@ def test_sigterm_flushes_every_processed_output(tmp_path, processes, closing):
     n = (_kernel_send_buffer_max() + 8 * 1024 * 1024) // pad
     client.sendall(frames([f"m{i}".encode() for i in range(n)]))
     time.sleep(0.7)
-    proc.send_signal(signal.SIGTERM)
+    proc.signal(signal.SIGTERM)
     data = recv_all(conn, timeout=15)
-    assert proc.wait(15) == 0, err.lines
+    assert proc.wait(15) == 0, proc.describe()
     processed = int(count_file.read_text())
     assert processed > 0
     # more output reached us than the kernel could have held at SIGTERM: the sink's own buffer
@@ -798,102 +736,46 @@ def test_sigterm_flushes_every_processed_output(tmp_path, processes, closing):
     assert lines[:-1] == [f"m{i}:{'x' * pad}" for i in range(processed)]
 
 
-def _progress_run(tmp_path, extra=()):
+PROGRESS_RUN_TIMEOUT = 60.0  # seconds for a progress run (about 2 s of work) to end
+
+
+def _progress_run(tmp_path, processes, extra=(), stderr_tty=False):
+    """Run rt_progress_app over a 100,000-line file, stderr on a pipe or a terminal, to its
+    end (exit 0), and check its output file; return all it printed on stderr."""
     src = tmp_path / "in.txt"
     n = 100_000
     src.write_text("".join(f"{i:08d}-" + "p" * 50 + "\n" for i in range(n)))
     out = tmp_path / "out.txt"
     argv = [WALLAROO_RUN, "--app", "rt_progress_app", "--input", str(src), "--output", str(out),
             "--spin-us", "20", *extra]
-    return argv, src, out, n
-
-
-def _check_progress_output(src, out, n):
+    t0 = time.monotonic()
+    proc = processes(argv, cwd=APPS, env=app_env(), stderr_tty=stderr_tty)
+    assert proc.wait(PROGRESS_RUN_TIMEOUT) == 0, proc.describe()
+    assert time.monotonic() - t0 > 1.5, "the run was too short to show progress"
     got = out.read_text().split("\n")
     assert len(got) == n + 1
     assert got[0] == "00000000-" + "P" * 50 and got[n - 1] == f"{n - 1:08d}-" + "P" * 50
+    text = proc.stderr
+    assert 'wallaroo: running "rt progress"' in text
+    return text, n
 
 
 def test_progress_line_on_a_terminal(tmp_path, processes):
-    argv, src, out, n = _progress_run(tmp_path)
-    master, slave = pty.openpty()
-    try:
-        t0 = time.monotonic()
-        proc = subprocess.Popen(argv, cwd=APPS, env=_env(), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=slave, start_new_session=True)
-        processes(proc)
-        os.close(slave)
-        slave = None
-        chunks = []
-        while True:
-            ready, _, _ = select.select([master], [], [], 10)
-            assert ready, "no output and no exit from wallaroo-run"
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the child closed its side
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        assert proc.wait(10) == 0
-        elapsed = time.monotonic() - t0
-    finally:
-        os.close(master)
-        if slave is not None:
-            os.close(slave)
-    text = b"".join(chunks).decode("utf-8", "replace")
-    assert elapsed > 1.5, "the run was too short to show progress"
-    assert 'wallaroo: running "rt progress"' in text
+    text, n = _progress_run(tmp_path, processes, stderr_tty=True)
     shown = re.findall(r"([\d,]+) items\s+[\d,]+/s\s+(\d+)% of input", text)
     assert shown, text[-500:]
     for items, share in shown:
         assert 0 < int(items.replace(",", "")) <= n
         assert 0 <= int(share) <= 100
-    _check_progress_output(src, out, n)
 
 
 @pytest.mark.parametrize("mode", ["pipe", "no-progress-flag"])
 def test_no_progress_line_when_not_wanted(tmp_path, processes, mode):
-    extra = ("--no-progress",) if mode == "no-progress-flag" else ()
-    argv, src, out, n = _progress_run(tmp_path, extra)
-    master = slave = None
     if mode == "pipe":
-        stderr = subprocess.PIPE
+        text, _ = _progress_run(tmp_path, processes)
     else:  # a terminal, but --no-progress
-        master, slave = pty.openpty()
-        stderr = slave
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=APPS, env=_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-    processes(proc)
-    try:
-        if mode == "pipe":
-            _, err = proc.communicate(timeout=15)
-            text = err.decode("utf-8", "replace")
-        else:
-            os.close(slave)
-            slave = None
-            chunks = []
-            while True:
-                ready, _, _ = select.select([master], [], [], 10)
-                assert ready
-                try:
-                    chunk = os.read(master, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            text = b"".join(chunks).decode("utf-8", "replace")
-        assert proc.wait(10) == 0
-    finally:
-        for fd in (master, slave):
-            if fd is not None:
-                os.close(fd)
-    assert time.monotonic() - t0 > 1.5, "the run was too short to show progress"
-    assert 'wallaroo: running "rt progress"' in text
+        text, _ = _progress_run(tmp_path, processes, extra=("--no-progress",), stderr_tty=True)
     assert "% of input" not in text and " items " not in text
-    _check_progress_output(src, out, n)
 
 
 # ------------------------------------------------------------------------------------------

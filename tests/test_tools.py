@@ -1,122 +1,76 @@
 """Tests for ``wallaroo send`` and ``wallaroo receive``: real processes, real sockets on 127.0.0.1."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 import pytest
 
+from support.net import HOST, Listener, free_port
+from support.processes import LISTENING_RE, WALLAROO, Proc
 from wallaroo.tools.framing import FrameDecoder, HostPort, TruncatedFrame, encode_frame, split_frames
 from wallaroo.tools.receive import LineReader
 from wallaroo.tools.send import batches, parse_duration
-
-WALLAROO = os.path.join(os.path.dirname(sys.executable), "wallaroo")
-LOCALHOST = "127.0.0.1"
 
 
 def frames_of(*payloads: bytes) -> bytes:
     return b"".join(encode_frame(p) for p in payloads)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        return sock.getsockname()[1]
-
-
 def run_wallaroo(*args: str, timeout: float = 15) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([WALLAROO, *args], capture_output=True, timeout=timeout)
 
 
-class CaptureServer:
-    """Accepts one connection and records every byte until the peer closes, plus timing."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((LOCALHOST, port))
-        self.sock.listen()
-        self.port = self.sock.getsockname()[1]
-        self.data = b""
-        self.accepted_at = self.closed_at = 0.0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"{LOCALHOST}:{self.port}"
-
-    def _run(self) -> None:
-        conn, _ = self.sock.accept()
-        self.accepted_at = time.monotonic()
-        with conn:
-            chunks = []
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
-        self.closed_at = time.monotonic()
-        self.data = b"".join(chunks)
-
-    def wait(self) -> bytes:
-        self._thread.join(timeout=10)
-        assert not self._thread.is_alive(), "sender never closed the connection"
-        return self.data
-
-    def close(self) -> None:
-        self.sock.close()
+def send_file(capture: Listener, path: Path,
+              *args: str) -> tuple[subprocess.CompletedProcess[bytes], bytes]:
+    """``wallaroo send --host CAPTURE --file PATH ARGS``, which must exit 0; returns its result
+    and the bytes ``capture`` received until the sender closed the connection."""
+    result = run_wallaroo("send", "--host", capture.address, "--file", str(path), *args)
+    assert result.returncode == 0, result.stderr
+    return result, capture.wait_closed(timeout=10)
 
 
 @pytest.fixture
-def capture() -> Iterator[CaptureServer]:
-    server = CaptureServer()
-    yield server
-    server.close()
+def capture(listener) -> Listener:
+    """A TCP server standing in for the receiver of ``wallaroo send``."""
+    return listener()
 
 
 class Receiver:
     """A running ``wallaroo receive`` process and the port it listens on."""
 
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen([WALLAROO, "receive", "--listen", f"{LOCALHOST}:0", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert self.proc.stderr is not None
-        first = self.proc.stderr.readline().decode()
-        assert first.startswith("wallaroo receive: listening on 127.0.0.1:"), first
-        self.port = int(first.rsplit(":", 1)[1])
-        self.address = f"{LOCALHOST}:{self.port}"
+    def __init__(self, proc: Proc) -> None:
+        self.proc = proc
+        self.port = int(proc.wait_stderr(LISTENING_RE)["port"])
+        first = proc.stderr_lines[0]
+        assert first.startswith("wallaroo receive: listening on 127.0.0.1:"), proc.describe()
+        self.address = f"{HOST}:{self.port}"
 
     def send(self, *chunks: bytes, pause: float = 0.0) -> None:
-        with socket.create_connection((LOCALHOST, self.port), timeout=5) as sock:
+        with socket.create_connection((HOST, self.port), timeout=5) as sock:
             for chunk in chunks:
                 sock.sendall(chunk)
                 time.sleep(pause)
 
     def finish(self, timeout: float = 10) -> tuple[int, bytes, str]:
-        out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, out, err.decode()
+        """Wait for the exit; return the exit code, stdout and stderr."""
+        code = self.proc.wait(timeout)
+        return code, self.proc.stdout, self.proc.stderr
 
 
 @pytest.fixture
-def start_receive() -> Iterator:
-    started: list[Receiver] = []
-
+def start_receive(processes) -> Callable[..., Receiver]:
     def start(*args: str) -> Receiver:
-        receiver = Receiver(list(args))
-        started.append(receiver)
-        return receiver
+        return Receiver(processes([WALLAROO, "receive", "--listen", f"{HOST}:0", *args],
+                                  name="wallaroo receive", timeout=10))
 
-    yield start
-    for receiver in started:
-        if receiver.proc.poll() is None:
-            receiver.proc.kill()
-        receiver.proc.communicate()
+    return start
 
 
 # --- framing helpers -------------------------------------------------------------------------
@@ -184,70 +138,55 @@ def test_line_reader_stops_at_limit_and_holds_partial_line() -> None:
 
 # --- wallaroo send ---------------------------------------------------------------------------
 
-def test_send_text_file_frames_each_line(tmp_path: Path, capture: CaptureServer) -> None:
+def test_send_text_file_frames_each_line(tmp_path: Path, capture: Listener) -> None:
     path = tmp_path / "in.txt"
     path.write_bytes("héllo\r\nworld\n\nlast".encode())
-    result = run_wallaroo("send", "--host", capture.address, "--file", str(path))
-    assert result.returncode == 0, result.stderr
+    result, received = send_file(capture, path)
     expected = frames_of("héllo".encode(), b"world", b"", b"last")
-    assert capture.wait() == expected
+    assert received == expected
     assert result.stderr.decode().startswith(
         f"wallaroo send: sent 4 messages ({len(expected)} bytes) to {capture.address} in ")
 
 
-def test_send_binary_file_as_is_and_honours_messages(tmp_path: Path, capture: CaptureServer) -> None:
+def test_send_binary_file_as_is_and_honours_messages(tmp_path: Path, capture: Listener) -> None:
     path = tmp_path / "in.bin"
     path.write_bytes(frames_of(b"\x00\n\xff", b"two", b"three"))
-    result = run_wallaroo("send", "--host", capture.address, "--file", str(path), "--binary", "--messages", "2",
-                          "--batch-size", "2")
-    assert result.returncode == 0, result.stderr
-    assert capture.wait() == frames_of(b"\x00\n\xff", b"two")
+    result, received = send_file(capture, path, "--binary", "--messages", "2", "--batch-size", "2")
+    assert received == frames_of(b"\x00\n\xff", b"two")
     assert b"sent 2 messages" in result.stderr
 
 
-def test_send_repeat_loops_until_messages(tmp_path: Path, capture: CaptureServer) -> None:
+def test_send_repeat_loops_until_messages(tmp_path: Path, capture: Listener) -> None:
     path = tmp_path / "in.txt"
     path.write_text("a\nb\nc\n")
-    result = run_wallaroo("send", "--host", capture.address, "--file", str(path), "--repeat", "--messages", "7",
-                          "--batch-size", "3")
-    assert result.returncode == 0, result.stderr
-    assert capture.wait() == frames_of(b"a", b"b", b"c", b"a", b"b", b"c", b"a")
+    _, received = send_file(capture, path, "--repeat", "--messages", "7", "--batch-size", "3")
+    assert received == frames_of(b"a", b"b", b"c", b"a", b"b", b"c", b"a")
 
 
-def test_send_interval_paces_the_stream(tmp_path: Path, capture: CaptureServer) -> None:
+def test_send_interval_paces_the_stream(tmp_path: Path, capture: Listener) -> None:
     path = tmp_path / "in.txt"
     path.write_text("x\n")
-    result = run_wallaroo("send", "--host", capture.address, "--file", str(path), "--repeat", "--messages", "20",
-                          "--interval", "10ms")
-    assert result.returncode == 0, result.stderr
-    assert capture.wait() == frames_of(*[b"x"] * 20)
+    _, received = send_file(capture, path, "--repeat", "--messages", "20", "--interval", "10ms")
+    assert received == frames_of(*[b"x"] * 20)
     assert capture.closed_at - capture.accepted_at >= 0.15
 
 
-def test_send_retries_until_the_server_starts(tmp_path: Path) -> None:
+def test_send_retries_until_the_server_starts(tmp_path: Path, processes, listener) -> None:
     path = tmp_path / "in.txt"
     path.write_text("late\n")
     port = free_port()
-    sender = subprocess.Popen([WALLAROO, "send", "--host", f"{LOCALHOST}:{port}", "--file", str(path)],
-                              stderr=subprocess.PIPE)
-    server = None
-    try:
-        time.sleep(0.8)
-        server = CaptureServer(port)
-        assert server.wait() == frames_of(b"late")
-        assert sender.wait(timeout=10) == 0
-    finally:
-        if sender.poll() is None:
-            sender.kill()
-        sender.communicate()
-        if server is not None:
-            server.close()
+    sender = processes([WALLAROO, "send", "--host", f"{HOST}:{port}", "--file", str(path)],
+                       name="wallaroo send", timeout=10)
+    time.sleep(0.8)
+    server = listener(port)
+    assert server.wait_closed(timeout=10) == frames_of(b"late")
+    assert sender.wait() == 0, sender.describe()
 
 
 def test_send_gives_up_connecting_with_exit_1(tmp_path: Path) -> None:
     path = tmp_path / "in.txt"
     path.write_text("x\n")
-    result = run_wallaroo("send", "--host", f"{LOCALHOST}:{free_port()}", "--file", str(path),
+    result = run_wallaroo("send", "--host", f"{HOST}:{free_port()}", "--file", str(path),
                           "--connect-timeout", "0.3")
     assert result.returncode == 1
     assert b"cannot connect to 127.0.0.1:" in result.stderr
@@ -286,30 +225,44 @@ def test_send_truncated_binary_file_exits_2_naming_offset(tmp_path: Path) -> Non
 
 # --- wallaroo receive ------------------------------------------------------------------------
 
-def test_receive_newline_mode_expect(start_receive) -> None:
-    receiver = start_receive("--expect", "3")
-    receiver.send(b"one\ntw", b"o\nthree\n", pause=0.05)
+class ReceiveCase(NamedTuple):
+    args: list[str]                 # for wallaroo receive, after --listen
+    connections: list[list[bytes]]  # one after the other; each: its chunks in order
+    pause: float                    # seconds after each chunk
+    code: int                       # exit code
+    out: bytes                      # stdout
+    err: str = ""                   # must appear in stderr
+
+
+FRAMED = frames_of(b"first", b"", b"third")
+RECEIVE_CASES = {
+    "newline_mode_expect": ReceiveCase(
+        ["--expect", "3"], [[b"one\ntw", b"o\nthree\n"]], 0.05,
+        0, b"one\ntwo\nthree\n", "received 3 messages"),
+    "expect_writes_only_up_to_nth_message": ReceiveCase(
+        ["--expect", "2"], [[b"a\nb\nc\nd\n"]], 0.0, 0, b"a\nb\n"),
+    "framed_writes_payload_lines": ReceiveCase(
+        ["--framed", "--expect", "3"], [[FRAMED[:7], FRAMED[7:]]], 0.05,
+        0, b"first\n\nthird\n", "received 3 messages"),
+    "timeout_with_unmet_expect_exits_1": ReceiveCase(
+        ["--expect", "5", "--timeout", "0.5"], [[b"only\n"]], 0.0, 1, b"only\n", "1 of 5"),
+    "timeout_without_expect_exits_0": ReceiveCase(
+        ["--timeout", "0.3"], [[b"x\ny\n"]], 0.0, 0, b"x\ny\n", "received 2 messages"),
+    "accepts_a_second_connection": ReceiveCase(
+        ["--framed", "--expect", "4"], [[frames_of(b"a", b"b")], [frames_of(b"c", b"d")]], 0.0,
+        0, b"a\nb\nc\nd\n"),
+}
+
+
+@pytest.mark.parametrize("case", list(RECEIVE_CASES.values()), ids=list(RECEIVE_CASES))
+def test_receive(start_receive, case: ReceiveCase) -> None:
+    receiver = start_receive(*case.args)
+    for chunks in case.connections:
+        receiver.send(*chunks, pause=case.pause)
     code, out, err = receiver.finish()
-    assert code == 0
-    assert out == b"one\ntwo\nthree\n"
-    assert "received 3 messages" in err
-
-
-def test_receive_expect_writes_only_up_to_nth_message(start_receive) -> None:
-    receiver = start_receive("--expect", "2")
-    receiver.send(b"a\nb\nc\nd\n")
-    code, out, _ = receiver.finish()
-    assert (code, out) == (0, b"a\nb\n")
-
-
-def test_receive_framed_writes_payload_lines(start_receive) -> None:
-    receiver = start_receive("--framed", "--expect", "3")
-    stream = frames_of(b"first", b"", b"third")
-    receiver.send(stream[:7], stream[7:], pause=0.05)
-    code, out, err = receiver.finish()
-    assert code == 0
-    assert out == b"first\n\nthird\n"
-    assert "received 3 messages" in err
+    assert code == case.code, err
+    assert out == case.out
+    assert case.err in err
 
 
 def test_receive_framed_raw_keeps_headers(start_receive, tmp_path: Path) -> None:
@@ -323,35 +276,10 @@ def test_receive_framed_raw_keeps_headers(start_receive, tmp_path: Path) -> None
     assert output.read_bytes() == stream
 
 
-def test_receive_timeout_with_unmet_expect_exits_1(start_receive) -> None:
-    receiver = start_receive("--expect", "5", "--timeout", "0.5")
-    receiver.send(b"only\n")
-    code, out, err = receiver.finish()
-    assert code == 1
-    assert out == b"only\n"
-    assert "1 of 5" in err
-
-
-def test_receive_timeout_without_expect_exits_0(start_receive) -> None:
-    receiver = start_receive("--timeout", "0.3")
-    receiver.send(b"x\ny\n")
-    code, out, err = receiver.finish()
-    assert (code, out) == (0, b"x\ny\n")
-    assert "received 2 messages" in err
-
-
-def test_receive_accepts_a_second_connection(start_receive) -> None:
-    receiver = start_receive("--framed", "--expect", "4")
-    receiver.send(frames_of(b"a", b"b"))
-    receiver.send(frames_of(b"c", b"d"))
-    code, out, _ = receiver.finish()
-    assert (code, out) == (0, b"a\nb\nc\nd\n")
-
-
 def test_receive_concurrent_connections_do_not_interleave_lines(start_receive) -> None:
     receiver = start_receive("--expect", "4")
-    with socket.create_connection((LOCALHOST, receiver.port)) as one, \
-            socket.create_connection((LOCALHOST, receiver.port)) as two:
+    with socket.create_connection((HOST, receiver.port)) as one, \
+            socket.create_connection((HOST, receiver.port)) as two:
         one.sendall(b"one-fi")
         time.sleep(0.05)
         two.sendall(b"two-fi")
@@ -371,7 +299,7 @@ def test_receive_sigterm_flushes_and_exits_0(start_receive, tmp_path: Path) -> N
     deadline = time.monotonic() + 5
     while output.read_bytes() != b"kept\npartial" and time.monotonic() < deadline:
         time.sleep(0.02)
-    receiver.proc.send_signal(signal.SIGTERM)
+    receiver.proc.signal(signal.SIGTERM)
     code, _, err = receiver.finish()
     assert code == 0
     assert output.read_bytes() == b"kept\npartial"
@@ -379,7 +307,7 @@ def test_receive_sigterm_flushes_and_exits_0(start_receive, tmp_path: Path) -> N
 
 
 def test_receive_raw_without_framed_exits_2() -> None:
-    result = run_wallaroo("receive", "--listen", f"{LOCALHOST}:0", "--raw")
+    result = run_wallaroo("receive", "--listen", f"{HOST}:0", "--raw")
     assert result.returncode == 2
     assert b"--framed" in result.stderr
 

@@ -7,9 +7,9 @@ from the sinks, orders them topologically and checks the whole.
 Example::
 
     >>> src = Node(SOURCE, spec=None, name="numbers")
-    >>> out = Node(SINK, spec=None, inputs=(src,), name="sink 0")
+    >>> out = Node(SINK, spec=None, inputs=(src,), name="stdout")
     >>> [n.name for n in LogicalGraph([out]).nodes]
-    ['numbers', 'sink 0']
+    ['numbers', 'stdout']
 """
 from __future__ import annotations
 

@@ -13,10 +13,8 @@ it) an alert is emitted::
 Staying above (or below) the threshold does not repeat the alert; coming back
 inside and crossing again does.
 
-Application flags:
-
-    --count N   stop after N transactions, which ends the run (default: never stop)
-    --seed S    seed of the transaction generator (default 1)
+Application flags: ``--count N`` ends the run after N transactions, ``--seed S`` picks the
+stream (see transactions.py).
 
 Run it (see README.md)::
 
@@ -24,20 +22,14 @@ Run it (see README.md)::
 """
 import wallaroo
 
-from transactions import TransactionsGenerator, parse_options
+from transactions import transactions_source
 
 THRESHOLD = 2000
 
 
 def application_setup(args):
-    options = parse_options(args)
     out_host, out_port = wallaroo.tcp_parse_output_addrs(args)[0]
-
-    transactions = wallaroo.source(
-        "Transactions",
-        wallaroo.GenSourceConfig("Transactions", TransactionsGenerator(options.count, options.seed)))
-
-    pipeline = (transactions
+    pipeline = (transactions_source(args)
                 .key_by(extract_user)
                 .to(check_transaction_total)
                 .to_sink(wallaroo.TCPSinkConfig(out_host, out_port, encode_alert)))

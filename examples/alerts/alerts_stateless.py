@@ -8,10 +8,8 @@ ones (more than 1000 either way) as alert lines::
     Deposit Alert for user 3: 1132
     Withdrawal Alert for user 0: -1207
 
-Application flags:
-
-    --count N   stop after N transactions, which ends the run (default: never stop)
-    --seed S    seed of the transaction generator (default 1)
+Application flags: ``--count N`` ends the run after N transactions, ``--seed S`` picks the
+stream (see transactions.py).
 
 Run it (see README.md)::
 
@@ -19,20 +17,14 @@ Run it (see README.md)::
 """
 import wallaroo
 
-from transactions import TransactionsGenerator, parse_options
+from transactions import transactions_source
 
 THRESHOLD = 1000
 
 
 def application_setup(args):
-    options = parse_options(args)
     out_host, out_port = wallaroo.tcp_parse_output_addrs(args)[0]
-
-    transactions = wallaroo.source(
-        "Transactions",
-        wallaroo.GenSourceConfig("Transactions", TransactionsGenerator(options.count, options.seed)))
-
-    pipeline = (transactions
+    pipeline = (transactions_source(args)
                 .to(check_transaction)
                 .to_sink(wallaroo.TCPSinkConfig(out_host, out_port, encode_alert)))
 

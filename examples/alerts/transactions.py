@@ -5,6 +5,11 @@ with amounts from -1250 to 1249. ``--count N`` ends the stream after N transacti
 ends by itself); without it the stream never ends, like the original example. ``--seed S``
 picks the stream (default 1).
 
+Application flags (both apps):
+
+    --count N   stop after N transactions, which ends the run (default: never stop)
+    --seed S    seed of the transaction generator (default 1)
+
 Example::
 
     >>> gen = TransactionsGenerator(count=2, seed=1)
@@ -14,7 +19,16 @@ Example::
 """
 import argparse
 
+import wallaroo
+
 USERS = 5
+
+
+def transactions_source(args):
+    """The "Transactions" generator source, set up from ``--count`` and ``--seed`` in args."""
+    options = parse_options(args)
+    generator = TransactionsGenerator(options.count, options.seed)
+    return wallaroo.source("Transactions", wallaroo.GenSourceConfig("Transactions", generator))
 
 
 def parse_options(args):

@@ -1,4 +1,5 @@
-"""Module-level decorated stages for tests/test_api.py (pickling needs an importable module)."""
+"""Module-level decorated stages for tests/test_api.py (pickling needs an importable module),
+and a generator for GenSourceConfig that tests/apps/wr_cli_app.py uses too."""
 import wallaroo
 
 
@@ -53,3 +54,16 @@ def plain_add_to_tally(x, state):
     """Not decorated at module level: the test wraps it in a state computation."""
     state.total += x
     return state.total
+
+
+class Countdown:
+    """GenSourceConfig generator: n, n-1, ..., 1, then None."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def initial_value(self):
+        return self.n
+
+    def apply(self, previous):
+        return previous - 1 if previous > 1 else None

@@ -10,6 +10,7 @@ import json
 import os
 
 import wallaroo
+from wr_api_stages import Countdown
 
 
 def _opt(args, name, default=None):
@@ -95,19 +96,6 @@ def two_tcp_sinks(args):
     to_a = src.to(upper).to_sink(wallaroo.TCPSinkConfig("127.0.0.1", port, line_out))
     to_b = src.to(lower).to_sink(wallaroo.TCPSinkConfig("127.0.0.1", port, line_out))
     return wallaroo.build_application("Two Sinks", to_b.merge(to_a))
-
-
-class Countdown:
-    """GenSourceConfig generator: n, n-1, ..., 1, then None."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def initial_value(self):
-        return self.n
-
-    def apply(self, previous):
-        return previous - 1 if previous > 1 else None
 
 
 def gen_app(args):

@@ -10,7 +10,9 @@ A test gets a :class:`Harness` from the ``harness`` fixture (conftest.py) and
 4. waits for ``wallaroo receive --expect N`` to exit 0, and
 5. stops ``wallaroo-run`` with SIGTERM and checks it exits 0.
 
-Everything started is killed in teardown. Only 127.0.0.1 is used.
+Everything started is killed in teardown. Only 127.0.0.1 is used. The processes are
+:class:`support.processes.Proc` (tests/support/processes.py): stdout and stderr are collected
+apart, and every ready line is read from stderr.
 
 The executables are the ones next to the running interpreter (.venv/bin);
 ``WALLAROO_E2E_RUN=/path/to/wallaroo-run`` points the tests at another engine.
@@ -18,136 +20,22 @@ The executables are the ones next to the running interpreter (.venv/bin);
 from __future__ import annotations
 
 import os
-import re
 import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support import processes
+from support.net import HOST
+from support.processes import LISTENING_RE, SOURCE_RE, STARTUP_RE, WALLAROO, Proc
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-# the console scripts live next to the interpreter (.venv/bin); do not resolve
-# symlinks, the venv's python is a link to the system one
-BIN = Path(sys.executable).parent
-WALLAROO = str(BIN / "wallaroo")
-WALLAROO_RUN = os.environ.get("WALLAROO_E2E_RUN", str(BIN / "wallaroo-run"))
-HOST = "127.0.0.1"
-
-STARTUP_RE = re.compile(r"wallaroo: running \"(?P<app>[^\"]*)\" \(pid (?P<pid>\d+)\)(?P<rest>.*)")
-SOURCE_RE = re.compile(r'source "([^"]+)" at tcp://([0-9.]+):(\d+)')
-LISTENING_RE = re.compile(r"wallaroo receive: listening on ([0-9.]+):(\d+)")
+WALLAROO_RUN = os.environ.get("WALLAROO_E2E_RUN", processes.WALLAROO_RUN)
 
 START_TIMEOUT = 20.0      # seconds for a process to print its ready line
 RUN_TIMEOUT = 30.0        # seconds for the expected output to arrive
 STOP_TIMEOUT = 15.0       # seconds for wallaroo-run to exit after SIGTERM
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (only for flags that cannot take port 0)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-class Proc:
-    """A child process whose stderr is collected line by line in the background."""
-
-    def __init__(self, name: str, argv: list[str], cwd: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = argv
-        self.cwd = cwd
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        # own session: teardown can kill the process and any workers it spawned
-        self.popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, errors="replace", start_new_session=True)
-        self._reader = threading.Thread(target=self._read, name=f"{name}-stderr", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        """Everything the process printed so far (stdout and stderr)."""
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def describe(self) -> str:
-        code = self.popen.poll()
-        state = "running" if code is None else f"exited with {code}"
-        return (f"{self.name} ({state}): {' '.join(self.argv)}\n"
-                f"cwd: {self.cwd}\n--- output ---\n{self.output()}\n--------------")
-
-    def wait_for_line(self, pattern: re.Pattern[str], timeout: float = START_TIMEOUT) -> re.Match[str]:
-        """Wait until a printed line matches ``pattern``; fail with the whole output if not."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cond:
-            while True:
-                for line in self.lines[seen:]:
-                    match = pattern.search(line)
-                    if match:
-                        return match
-                seen = len(self.lines)
-                remaining = deadline - time.monotonic()
-                if self._eof or remaining <= 0:
-                    break
-                self._cond.wait(min(remaining, 0.2))
-        self.popen.poll()
-        reason = "ended" if self._eof else f"did not print it within {timeout:g} s"
-        raise AssertionError(f"expected a line matching {pattern.pattern!r} from {self.name}, "
-                             f"but it {reason}\n{self.describe()}")
-
-    def wait(self, timeout: float) -> int:
-        """Wait for the exit code; fail with the whole output on timeout."""
-        try:
-            code = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.name} did not exit within {timeout:g} s\n{self.describe()}") from None
-        self._reader.join(5)
-        return code
-
-    def signal(self, signum: int) -> None:
-        if self.popen.poll() is None:
-            os.kill(self.popen.pid, signum)
-
-    def kill(self) -> None:
-        """Kill the process and its process group (workers it may have spawned)."""
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        elif self.popen.returncode is not None:
-            # the leader is gone; make sure no worker of its group survived
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        if self.popen.stdout is not None:
-            self._reader.join(2)
 
 
 @dataclass
@@ -185,7 +73,7 @@ class Receiver:
         while time.monotonic() < deadline:
             if self.output.exists() and self.output.read_bytes().count(b"\n") >= count:
                 return
-            assert self.proc.popen.poll() is None, self.proc.describe()
+            assert self.proc.poll() is None, self.proc.describe()
             time.sleep(0.05)
         raise AssertionError(f"fewer than {count} lines arrived within {timeout:g} s")
 
@@ -204,7 +92,8 @@ class Harness:
         self._counter = 0
 
     def start(self, name: str, argv: list[str], **kwargs) -> Proc:
-        proc = Proc(name, argv, **kwargs)
+        """Start a :class:`Proc` (same keyword arguments); its waits default to START_TIMEOUT."""
+        proc = Proc(argv, name=name, timeout=START_TIMEOUT, **kwargs)
         self.procs.append(proc)
         return proc
 
@@ -221,8 +110,8 @@ class Harness:
         if raw:
             argv.append("--raw")
         proc = self.start("wallaroo receive", argv)
-        match = proc.wait_for_line(LISTENING_RE)
-        return Receiver(proc, int(match.group(2)), output)
+        match = proc.wait_stderr(LISTENING_RE)
+        return Receiver(proc, int(match["port"]), output)
 
     def app(self, example: str, module: str, sources: list[str], out_port: int,
             app_args: list[str] = (), original_style: bool = False,
@@ -238,8 +127,8 @@ class Harness:
             argv += ["--in", ",".join(f"{name}@{HOST}:0" for name in sources)]
         argv += ["--out", f"{HOST}:{out_port}", *extra_engine_args, *app_args]
         proc = self.start(f"wallaroo-run {module}", argv, cwd=cwd or EXAMPLES / example, env=env)
-        match = proc.wait_for_line(STARTUP_RE)
-        found = {name: int(port) for name, _host, port in SOURCE_RE.findall(match.group("rest"))}
+        match = proc.wait_stderr(STARTUP_RE)
+        found = {source["name"]: int(source["port"]) for source in SOURCE_RE.finditer(match["rest"])}
         missing = [name for name in sources if name not in found]
         assert not missing, (f"the startup line names no TCP source {missing}:\n{match.group(0)}\n"
                              f"{proc.describe()}")

@@ -18,13 +18,14 @@ import string
 import struct
 import time
 from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 import wallaroo
 import wallaroo.testing
-from harness import (EXAMPLES, HOST, START_TIMEOUT, STOP_TIMEOUT, WALLAROO_RUN,
-                     free_port, split_frames)
+from harness import EXAMPLES, START_TIMEOUT, STOP_TIMEOUT, WALLAROO_RUN, App, split_frames
+from support.net import HOST, free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -48,6 +49,27 @@ def text_lines(data: bytes) -> list[str]:
     text = data.decode("utf-8")
     assert text.endswith("\n") or not text, f"output does not end with a newline: {text[-200:]!r}"
     return text.split("\n")[:-1] if text else []
+
+
+def run_e2e(harness, example: str, sends: list[tuple[str, Path]], expected: list, *,
+            binary: bool = False, framed: bool = False, raw: bool = False,
+            decode: Callable[[bytes], list] = text_lines, pause: float = 0.0,
+            **app_kwargs) -> App:
+    """The whole path, as a user runs it: ``wallaroo receive --expect len(expected)``,
+    ``wallaroo-run`` of examples/<example>/<example>.py (``app_kwargs`` go to
+    :meth:`Harness.app`), then ``wallaroo send`` of each ``(source, file)`` in turn, ``pause``
+    seconds apart. What arrives, through ``decode``, must equal ``expected``, and wallaroo-run
+    must exit 0 on SIGTERM. Returns the App."""
+    receiver = harness.receiver(expect=len(expected), framed=framed, raw=raw)
+    app = harness.app(example, example, [source for source, _ in sends], receiver.port,
+                      **app_kwargs)
+    for i, (source, path) in enumerate(sends):
+        if i:
+            time.sleep(pause)
+        harness.send(app.sources[source], path, binary=binary)
+    assert decode(receiver.wait_done()) == expected
+    assert app.stop() == 0, app.proc.describe()
+    return app
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,16 +100,10 @@ def test_word_count_reference_is_meaningful():
 
 
 def run_word_count(harness, original_style: bool, **app_kwargs) -> None:
-    lines = file_lines(WORD_COUNT_TEXT)
-    expected = ref_word_count(lines)
-    receiver = harness.receiver(expect=len(expected))
-    app = harness.app("word_count", "word_count", ["Split and Count"], receiver.port,
-                      original_style=original_style, **app_kwargs)
+    expected = ref_word_count(file_lines(WORD_COUNT_TEXT))
+    app = run_e2e(harness, "word_count", [("Split and Count", WORD_COUNT_TEXT)], expected,
+                  original_style=original_style, **app_kwargs)
     assert app.name == "Word Count Application"
-    harness.send(app.sources["Split and Count"], WORD_COUNT_TEXT)
-    got = text_lines(receiver.wait_done())
-    assert got == expected
-    assert app.stop() == 0, app.proc.describe()
 
 
 def test_word_count_e2e(harness):
@@ -146,12 +162,7 @@ def test_alphabet_e2e(harness, example, tmp_path):
     assert [struct.unpack(">sI", p) for p in split_frames(data_file.read_bytes())][:3] == \
         [(letter.encode(), votes) for letter, votes in pairs[:3]]
 
-    expected = ref_alphabet(pairs)
-    receiver = harness.receiver(expect=len(expected))
-    app = harness.app("alphabet", "alphabet", ["Alphabet Votes"], receiver.port)
-    harness.send(app.sources["Alphabet Votes"], data_file, binary=True)
-    assert text_lines(receiver.wait_done()) == expected
-    assert app.stop() == 0, app.proc.describe()
+    run_e2e(harness, "alphabet", [("Alphabet Votes", data_file)], ref_alphabet(pairs), binary=True)
 
 
 def test_alphabet_in_process(example):
@@ -173,11 +184,7 @@ def test_reverse_e2e(harness):
     lines = file_lines(REVERSE_WORDS)
     expected = [line[::-1] for line in lines]
     assert any(not line.isascii() for line in lines)    # the UTF-8 path is exercised
-    receiver = harness.receiver(expect=len(expected))
-    app = harness.app("reverse", "reverse", ["Reverse"], receiver.port)
-    harness.send(app.sources["Reverse"], REVERSE_WORDS)
-    assert text_lines(receiver.wait_done()) == expected
-    assert app.stop() == 0, app.proc.describe()
+    run_e2e(harness, "reverse", [("Reverse", REVERSE_WORDS)], expected)
 
 
 def test_reverse_in_process(example):
@@ -201,12 +208,7 @@ def test_celsius_e2e(harness, example, tmp_path):
     data_file = tmp_path / "celsius.msg"
     data_file.write_bytes(gen.to_frames(readings))
     expected = [f"{f:.4f}" for f in ref_fahrenheit(readings)]
-
-    receiver = harness.receiver(expect=len(expected), framed=True)
-    app = harness.app("celsius", "celsius", ["Celsius"], receiver.port)
-    harness.send(app.sources["Celsius"], data_file, binary=True)
-    assert text_lines(receiver.wait_done()) == expected
-    assert app.stop() == 0, app.proc.describe()
+    run_e2e(harness, "celsius", [("Celsius", data_file)], expected, binary=True, framed=True)
 
 
 def test_celsius_in_process(example):
@@ -267,17 +269,15 @@ def test_market_spread_e2e(harness, example, tmp_path):
     expected = ref_market_spread([("market", m) for m in market] + [("order", o) for o in orders])
     check_market_reference(expected, orders)
 
-    receiver = harness.receiver(expect=len(expected), framed=True, raw=True)
-    app = harness.app("market_spread", "market_spread", ["Market Data", "Orders"], receiver.port)
-    # quotes first, then orders (as the original test did): give the engine a moment to
-    # take in every quote before orders arrive on the other connection
-    harness.send(app.sources["Market Data"], market_file, binary=True)
-    time.sleep(1.0)
-    harness.send(app.sources["Orders"], orders_file, binary=True)
-    payloads = split_frames(receiver.wait_done())
-    assert {len(p) for p in payloads} == {ORDER_RESULT.size}
-    assert [ORDER_RESULT.unpack(p) for p in payloads] == expected
-    assert app.stop() == 0, app.proc.describe()
+    def order_results(data: bytes) -> list[tuple]:
+        payloads = split_frames(data)
+        assert {len(p) for p in payloads} == {ORDER_RESULT.size}
+        return [ORDER_RESULT.unpack(p) for p in payloads]
+
+    # quotes first, then orders (as the original test did): the pause gives the engine a
+    # moment to take in every quote before orders arrive on the other connection
+    run_e2e(harness, "market_spread", [("Market Data", market_file), ("Orders", orders_file)],
+            expected, binary=True, framed=True, raw=True, decode=order_results, pause=1.0)
 
 
 def test_market_spread_in_process(example):
@@ -373,7 +373,7 @@ def test_alerts_unbounded_stops_on_sigterm(harness):
     receiver = harness.receiver(expect=None)
     app = harness.app(ALERTS_FOLDER, "alerts_stateless", [], receiver.port)
     receiver.wait_for_lines(200)
-    assert app.proc.popen.poll() is None, "an unbounded source must keep the run going"
+    assert app.proc.poll() is None, "an unbounded source must keep the run going"
     assert app.stop() == 0, app.proc.describe()
     got = text_lines(receiver.stop())
     assert len(got) >= 200
@@ -459,6 +459,7 @@ def test_setup_error_is_one_line_and_exit_2(harness, tmp_path, case):
     proc = harness.start("wallaroo-run", [WALLAROO_RUN, "--application-module", module,
                                            "--out", f"{HOST}:{free_port()}"], cwd=tmp_path)
     assert proc.wait(START_TIMEOUT) == 2, proc.describe()
-    lines = [line for line in proc.output().splitlines() if line.strip()]
+    # stdout and stderr together hold exactly one line
+    lines = [line for line in proc.stderr_lines + proc.stdout.decode().splitlines() if line.strip()]
     assert len(lines) == 1, proc.describe()
     assert all(word in lines[0] for word in words), proc.describe()

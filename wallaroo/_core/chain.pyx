@@ -186,8 +186,9 @@ cdef class FlatMapOp(Op):
         return 0
 
 
-cdef class DecodeOp(Op):
-    """Decode raw payloads with ``fn``; a decoder that raises is bad input (counted, skipped).
+cdef class DecodeOp(MapOp):
+    """Decode raw payloads with ``fn`` (None drops); a decoder that raises is bad input
+    (counted, skipped), not a failure of the run.
 
     Example::
 
@@ -198,14 +199,8 @@ cdef class DecodeOp(Op):
     key_mode = DROP_KEYS
 
     def __init__(self, str name, fn, errors):
-        Op.__init__(self, name, fn, errors)
+        MapOp.__init__(self, name, fn, errors)
         self.bad_input_kind = "decoder"
-
-    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
-        r = self.fn(value)
-        if r is not None:
-            out.emit(r, i)
-        return 0
 
 
 cdef class KeyByOp(Op):

@@ -14,7 +14,7 @@ Example::
     ...      .to(double).to_sink(wallaroo.StdoutSinkConfig(enc)))
     >>> app = wallaroo.build_application("Doubler", p)
     >>> app.name, [n.name for n in app.graph.nodes]
-    ('Doubler', ['n', 'double', 'sink 0 (stdout)'])
+    ('Doubler', ['n', 'double', 'stdout'])
 """
 from __future__ import annotations
 
@@ -25,9 +25,6 @@ from wallaroo.api.configs import SinkConfig, SourceConfig
 from wallaroo.api.decorators import KeyExtractor
 from wallaroo.api.windows import WindowSpec
 from wallaroo.errors import WallarooParameterError
-
-_sink_count = [0]
-
 
 def _stage_kind(stage: Any) -> str:
     """Classify what ``Pipeline.to`` was given, or raise naming what was wrong."""
@@ -194,9 +191,7 @@ class Pipeline:
                     f"to_sink/to_sinks expects sink configs such as wallaroo.TCPSinkConfig; "
                     f"got {config!r}"
                 )
-            name = f"sink {_sink_count[0]} ({config.describe()})"
-            _sink_count[0] += 1
-            sinks.append(g.Node(g.SINK, config, (self._head,), name))
+            sinks.append(g.Node(g.SINK, config, (self._head,), config.describe()))
         return Pipeline(None, tuple(sinks))
 
 

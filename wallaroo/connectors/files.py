@@ -116,18 +116,24 @@ class FileSink(Sink):
 
 
 class StdoutSink(Sink):
-    """Writes encoded bytes to standard output, flushed per batch.
+    """Writes encoded bytes to standard output, flushed per batch (as text where the stream
+    takes only text, as in a notebook).
 
     Example::
 
-        >>> StdoutSink(None, None).describe.__name__
-        'describe'
+        >>> StdoutSink(None, None).encodes
+        True
     """
 
     def push(self, batch) -> None:
-        out = sys.stdout.buffer
-        out.write(b"".join(batch.values))
-        out.flush()
+        data = b"".join(batch.values)
+        binary = getattr(sys.stdout, "buffer", None)
+        if binary is not None:
+            binary.write(data)
+            binary.flush()
+        else:  # a text-only stream, such as a notebook's
+            sys.stdout.write(data.decode("utf-8", "replace"))
+            sys.stdout.flush()
 
     async def flush(self, timeout: float) -> bool:
         sys.stdout.flush()

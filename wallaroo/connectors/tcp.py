@@ -136,11 +136,9 @@ class TCPSink(Sink):
         super().__init__(config, ctx)
         self._pending = bytearray()
         self._transport: asyncio.Transport | None = None
-        self._connected = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
         self._blocking = False
-        self.bytes_written = 0
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._keep_connected())
@@ -169,7 +167,6 @@ class TCPSink(Sink):
     def _on_connected(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         transport.set_write_buffer_limits(high=self.HIGH_WATER, low=self.LOW_WATER)
-        self._connected.set()
         if self._pending:
             data, self._pending = bytes(self._pending), bytearray()
             self._write(data)
@@ -178,7 +175,6 @@ class TCPSink(Sink):
 
     def _on_lost(self) -> None:
         self._transport = None
-        self._connected.clear()
 
     def push(self, batch) -> None:
         self._write(b"".join(batch.values))
@@ -186,7 +182,6 @@ class TCPSink(Sink):
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
-            self.bytes_written += len(data)
             return
         self._pending += data
         if len(self._pending) > self.HIGH_WATER:

@@ -49,6 +49,7 @@ _flag("--dead-letter", "dead_letter", True)
 _flag("--key-groups", "key_groups", True)
 _flag("--flush-timeout", "flush_timeout", True)
 _flag("--no-progress", "no_progress", False)
+_flag("--explain", "explain", False)
 _flag("-h --help", "help", False)
 _flag("--workers", "workers", True, acts=False)
 _flag("--cluster-initializer -t", "cluster_initializer", False, acts=False)
@@ -87,6 +88,7 @@ options:
   --key-groups N              number of key groups (default 2048)
   --flush-timeout SECONDS     how long to wait for sinks at the end (default 30)
   --no-progress               no progress line for bounded runs on a terminal
+  --explain                   print the physical plan (fused chains, exchanges) and exit
 Original Wallaroo flags (--workers, --cluster-initializer, --resilience-dir, --metrics, ...)
 are accepted; Pony runtime flags (--ponythreads, ...) are accepted and ignored.
 Everything else is passed to application_setup(args)."""
@@ -134,8 +136,8 @@ def split_engine_flags(argv: list[str]) -> tuple[dict, list[str]]:
     return flags, app_args
 
 
-def load_application(target: str, args: list[str]) -> tuple[Application, object]:
-    """Import ``module[:attr]`` and build its application; returns (application, module).
+def load_application(target: str, args: list[str]) -> Application:
+    """Import ``module[:attr]`` and build its application.
 
     Example::
 
@@ -173,7 +175,7 @@ def load_application(target: str, args: list[str]) -> tuple[Application, object]
         )
     if callable(getattr(module, "serialize", None)) and callable(getattr(module, "deserialize", None)):
         app.serializer = (module.serialize, module.deserialize)
-    return app, module
+    return app
 
 
 def address_overrides(app: Application, app_args: list[str]) -> tuple[dict, dict]:
@@ -268,9 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         wallaroo._ARGS = ["wallaroo-run", *argv]
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
-        app, _ = load_application(target, app_args)
+        app = load_application(target, app_args)
         source_configs, sink_configs = address_overrides(app, app_args)
         worker = Worker(app, options, source_configs, sink_configs)
+        if flags.get("explain"):
+            print(f'"{app.name}"\n{worker.plan.describe()}')
+            return 0
     except (UsageError, WallarooParameterError) as exc:
         print(f"wallaroo-run: {exc}", file=sys.stderr)
         return 2

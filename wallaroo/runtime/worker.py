@@ -132,8 +132,8 @@ class SourceContext:
 class SinkContext:
     """What a sink sees of the worker: its name and the back-pressure gate."""
 
-    def __init__(self, worker: "Worker", node: g.Node):
-        self.name = node.name
+    def __init__(self, worker: "Worker", name: str):
+        self.name = name
         self.flow = worker.flow
 
 
@@ -165,12 +165,13 @@ class Worker:
         targets: dict[object, object] = {}
         for position, node in enumerate(self.plan.sinks):
             config = sink_configs.get(position, node.spec)
-            sink = self._connector(SINKS, config, "sink", node.name)(config, SinkContext(self, node))
+            name = f"sink {position} ({config.describe()})"
+            sink = self._connector(SINKS, config, "sink", name)(config, SinkContext(self, name))
             self.sinks.append(sink)
             targets[node] = sink
             if sink.encodes:
                 encoder = config.encoder
-                stage = f"{node.name}: encoder {_function_name(encoder)!r}"
+                stage = f"{name}: encoder {_function_name(encoder)!r}"
                 targets[node] = Chain([EncodeOp(stage, encoder.encode, self.errors)], [sink])
         self.chains: dict = {}
         for spec in self.plan.chains:
