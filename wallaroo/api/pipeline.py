@@ -39,14 +39,13 @@ def _stage_kind(stage: Any) -> str:
         return g.FLAT_MAP
     elif callable(getattr(stage, "compute", None)):
         return g.MAP
-    hint = ""
-    if callable(stage):
-        name = getattr(stage, "__qualname__", repr(stage))
-        hint = (f"; {name!r} is a plain function: decorate it with @wallaroo.computation, "
-                f"@wallaroo.computation_multi or @wallaroo.state_computation")
+    if callable(stage) and hasattr(stage, "__qualname__"):
+        got = (f"the plain function {stage.__qualname__!r}: decorate it with "
+               f"@wallaroo.computation, @wallaroo.computation_multi or @wallaroo.state_computation")
+    else:
+        got = f"{type(stage).__name__} {stage!r}"
     raise WallarooParameterError(
-        f"Pipeline.to() expects a computation, state computation or window; got "
-        f"{type(stage).__name__} {stage!r}{hint}"
+        f"Pipeline.to() expects a computation, state computation or window; got {got}"
     )
 
 

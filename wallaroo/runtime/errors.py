@@ -78,8 +78,9 @@ class ErrorPolicy:
         self.counts[key] = seen + 1
         if seen == 0:
             where = f"; see {self.dead_letter_path}" if self.dead_letter_path else ""
-            log.warning("stage %r: %s failed with %s: %s (input: %s); further failures of this "
-                        "kind are counted, not logged%s", stage, kind.replace("_", " "),
+            what = "raised" if kind == "error" else f"could not take its input: {_label(kind)}"
+            log.warning("stage %r %s %s: %s (input: %s); the input was skipped, and further "
+                        "failures of this kind are counted, not logged%s", stage, what,
                         type(exc).__name__, exc, truncated_repr(value), where)
         if self.dead_letter_path:
             self._write_dead_letter(stage, kind, value, exc)
@@ -96,7 +97,7 @@ class ErrorPolicy:
 
     def summary(self) -> list[str]:
         """One line per (stage, kind) that had failures."""
-        return [f"stage {stage!r}: {n} {kind.replace('_', ' ')} failure(s)"
+        return [f"stage {stage!r}: {n} {_label(kind)} failure(s), input skipped"
                 for (stage, kind), n in sorted(self.counts.items())]
 
     def close(self) -> None:
@@ -106,3 +107,7 @@ class ErrorPolicy:
             os.fsync(self._dead_letter.fileno())
             self._dead_letter.close()
             self._dead_letter = None
+
+
+def _label(kind: str) -> str:
+    return kind.replace("_", " ")

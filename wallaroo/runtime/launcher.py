@@ -240,6 +240,22 @@ async def _run(worker: Worker, app_name: str):
     return await worker.run(on_started=started)
 
 
+def _user_location(exc: BaseException) -> str:
+    """`` (at FILE:LINE)`` of the innermost frame of ``exc`` in the user's code, if any.
+
+    Example::
+
+        >>> _user_location(ValueError("no traceback"))
+        ''
+    """
+    package = os.path.dirname(os.path.abspath(wallaroo.__file__))
+    where = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if not os.path.abspath(frame.filename).startswith(package + os.sep):
+            where = f" (at {frame.filename}:{frame.lineno})"
+    return where
+
+
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("wallaroo: %(message)s"))
@@ -277,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f'"{app.name}"\n{worker.plan.describe()}')
             return 0
     except (UsageError, WallarooParameterError) as exc:
-        print(f"wallaroo-run: {exc}", file=sys.stderr)
+        print(f"wallaroo-run: {exc}{_user_location(exc)}", file=sys.stderr)
         return 2
     except Exception:
         traceback.print_exc()
