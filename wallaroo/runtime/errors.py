@@ -78,8 +78,8 @@ class ErrorPolicy:
         self.counts[key] = seen + 1
         if seen == 0:
             where = f"; see {self.dead_letter_path}" if self.dead_letter_path else ""
-            what = "raised" if kind == "error" else f"could not take its input: {_label(kind)}"
-            log.warning("stage %r %s %s: %s (input: %s); the input was skipped, and further "
+            what = " raised" if kind == "error" else f": {_label(kind)} failed with"
+            log.warning("stage %r%s %s: %s (input: %s); the input was skipped, and further "
                         "failures of this kind are counted, not logged%s", stage, what,
                         type(exc).__name__, exc, truncated_repr(value), where)
         if self.dead_letter_path:
