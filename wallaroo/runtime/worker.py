@@ -169,18 +169,15 @@ class Worker:
             sink = self._connector(SINKS, config, "sink", name)(config, SinkContext(self, name))
             self.sinks.append(sink)
             targets[node] = sink
-            if sink.encodes:
-                encoder = config.encoder
-                stage = f"{name}: encoder {_function_name(encoder)!r}"
-                targets[node] = Chain([EncodeOp(stage, encoder.encode, self.errors)], [sink])
-        self.chains: dict = {}
+            if sink.encodes:  # the in-memory sink of wallaroo.testing takes values as they are
+                stage = f"{name}: encoder {_function_name(config.encoder)!r}"
+                targets[node] = Chain([EncodeOp(stage, config.encoder.encode, self.errors)], [sink])
         for spec in self.plan.chains:
-            self.chains[spec] = Chain([self._op(n) for n in spec.nodes])
-            targets[spec] = self.chains[spec]
+            targets[spec] = Chain([self._op(n) for n in spec.nodes])
         # On one worker an exchange edge hands batches straight on: every key group is local.
-        for spec, chain in self.chains.items():
+        for spec in self.plan.chains:
             for edge in spec.edges:
-                chain.add_output(targets[edge.target])
+                targets[spec].add_output(targets[edge.target])
         self.sources = []
         self.source_contexts = []
         for node, edges in self.plan.source_edges.items():
