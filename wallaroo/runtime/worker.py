@@ -172,12 +172,13 @@ class Worker:
             if sink.encodes:  # the in-memory sink of wallaroo.testing takes values as they are
                 stage = f"{name}: encoder {_function_name(config.encoder)!r}"
                 targets[node] = Chain([EncodeOp(stage, config.encoder.encode, self.errors)], [sink])
-        for spec in self.plan.chains:
-            targets[spec] = Chain([self._op(n) for n in spec.nodes])
+        #: The running chain of each chain of the plan (their ops hold the live state).
+        self.chains = {spec: Chain([self._op(n) for n in spec.nodes]) for spec in self.plan.chains}
+        targets.update(self.chains)
         # On one worker an exchange edge hands batches straight on: every key group is local.
-        for spec in self.plan.chains:
+        for spec, chain in self.chains.items():
             for edge in spec.edges:
-                targets[spec].add_output(targets[edge.target])
+                chain.add_output(targets[edge.target])
         self.sources = []
         self.source_contexts = []
         for node, edges in self.plan.source_edges.items():
