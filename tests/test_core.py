@@ -827,7 +827,7 @@ def test_plan_linear_pipelines_property(kinds):
             p = p.collect()
     plan = PhysicalPlan(wallaroo.build_application("prop", p.to_sink(_sink())).graph)
     # reference: a new chain starts at the first stage and before every state stage
-    expected, names = [], []
+    expected = []
     for i, kind in enumerate(kinds):
         name = "collect" if kind == "collect" else f"{kind}{i}"
         if not expected or kind.startswith("state"):
