@@ -5,6 +5,8 @@ Every expectation is derived from the inputs through a plain-Python reference wr
 """
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 import os
 import struct
@@ -26,6 +28,17 @@ from wallaroo.plan import ChainSpec, PhysicalPlan
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
+
+
+# ------------------------------------------------------------------------------------------
+# the examples in the compiled modules' docstrings (pytest's --doctest-modules sees only .py)
+
+
+@pytest.mark.parametrize("module", ["frames", "hashing", "chain", "windows"])
+def test_core_module_examples_hold(module):
+    result = doctest.testmod(importlib.import_module(f"wallaroo._core.{module}"))
+    assert result.attempted > 0
+    assert result.failed == 0
 
 
 # ------------------------------------------------------------------------------------------

@@ -67,8 +67,11 @@ from wallaroo.api.windows import (
     Aggregation,
     CountWindowsBuilder,
     RangeWindowsBuilder,
+    SessionWindowsBuilder,
+    WindowSpec,
     count_windows,
     range_windows,
+    session_windows,
 )
 from wallaroo.errors import WallarooParameterError
 
@@ -82,7 +85,8 @@ __all__ = [
     "CustomKafkaSinkCLIParser", "CustomKafkaSourceCLIParser", "Decoder",
     "DefaultKafkaSinkCLIParser", "DefaultKafkaSourceCLIParser", "Encoder", "FileSinkConfig",
     "FileSourceConfig", "GenSourceConfig", "IterSourceConfig", "KeyExtractor", "Pipeline",
-    "RangeWindowsBuilder", "SinkConfig", "SourceConfig", "StateComputation",
+    "RangeWindowsBuilder", "SessionWindowsBuilder", "SinkConfig", "SourceConfig",
+    "StateComputation", "WindowSpec", "session_windows",
     "StateComputationMulti", "StdoutSinkConfig", "TCPSinkConfig", "TCPSourceConfig",
     "WallarooParameterError", "build_application", "computation", "computation_multi",
     "count_windows", "decoder", "deserialize", "dt_to_timestamp", "encoder", "hours",

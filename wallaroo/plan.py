@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wallaroo import graph as g
-from wallaroo.errors import NotSupportedYet
 
 
 @dataclass(eq=False)
@@ -60,7 +59,6 @@ class PhysicalPlan:
 
     def __init__(self, graph: g.LogicalGraph):
         self.graph = graph
-        self._refuse_unsupported()
         self.chains: list[ChainSpec] = []
         self._chain_of: dict[g.Node, ChainSpec] = {}
         for node in graph.nodes:
@@ -79,18 +77,34 @@ class PhysicalPlan:
         self.source_edges = {src: self._edges_from(src) for src in graph.sources}
         self.sinks = graph.sinks
 
-    def _refuse_unsupported(self) -> None:
-        for node in self.graph.nodes:
-            if node.kind == g.WINDOW:
-                raise NotSupportedYet(
-                    f"stage {node.spec.describe()}: windows are not supported by this version of "
-                    f"the engine yet; aggregate with a state_computation for now"
-                )
-            if node.kind == g.SOURCE and node.options.get("event_time") is not None:
-                raise NotSupportedYet(
-                    f"source {node.name!r}: event_time= is not supported by this version of the "
-                    f"engine yet (event time is the ingest time)"
-                )
+    def origin(self, node: g.Node) -> int:
+        """The id batches from ``node`` (a source or window) carry: its place in the graph."""
+        return self.graph.nodes.index(node)
+
+    def watermark_inputs(self, node: g.Node) -> list[int]:
+        """The inputs whose watermarks ``node`` follows: the nearest sources or windows
+        upstream of it, as origin ids.
+
+        Example::
+
+            >>> import wallaroo
+            >>> a = wallaroo.source("a", wallaroo.IterSourceConfig("a", []))
+            >>> b = wallaroo.source("b", wallaroo.IterSourceConfig("b", []))
+            >>> p = a.merge(b).to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str)))
+            >>> plan = PhysicalPlan(wallaroo.build_application("m", p).graph)
+            >>> plan.watermark_inputs(plan.sinks[0])
+            [0, 1]
+        """
+        found: list[int] = []
+        pending = list(node.inputs)
+        while pending:
+            upstream = pending.pop(0)
+            if upstream.kind in (g.SOURCE, g.WINDOW):
+                if self.origin(upstream) not in found:
+                    found.append(self.origin(upstream))
+            else:
+                pending.extend(upstream.inputs)
+        return sorted(found)
 
     def _fuses(self, parent: g.Node, node: g.Node) -> bool:
         return (

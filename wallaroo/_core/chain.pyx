@@ -1,8 +1,9 @@
 # cython: language_level=3
 """The chain executor: fused stages run as one loop per stage over a batch.
 
-A ``Batch`` is a list of values plus parallel metadata (per-message keys and key groups, or one
-key for the whole batch, and the ingest time). An ``Op`` turns a batch into the next one; a
+A ``Batch`` is a list of values plus parallel metadata: per-message keys and key groups (or one
+key for the whole batch), per-message event times (or the ingest time for all), the input it
+came from (``origin``) and, in band, that input's watermark. An ``Op`` turns a batch into the next one; a
 ``Chain`` runs its ops in order and hands the result to its outputs (further chains or sinks).
 
 ``Op.run`` holds the one loop over a batch, inside one ``try``; each op defines ``apply``, its
@@ -22,28 +23,49 @@ Example::
 """
 cimport cython
 from libc.stdint cimport int64_t
+from cpython.datetime cimport datetime, import_datetime
 from wallaroo._core.hashing cimport normalize_key, key_group
+
+import_datetime()
+_EPOCH = datetime(1970, 1, 1)
+
+#: Watermark of an input that has ended: every window before it can fire.
+WATERMARK_END_OF_INPUT = END_OF_INPUT
+#: What ``Batch.watermark`` holds when the batch carries no watermark.
+WATERMARK_NONE = NO_WATERMARK
+#: Event times must lie strictly between minus and plus this many nanoseconds (about 146 years
+#: either side of 1970).
+EVENT_TIME_BOUND = EVENT_TIME_LIMIT
+#: Longest window, slide, gap or delay, in nanoseconds (about 36 years).
+DURATION_BOUND = DURATION_LIMIT
 
 
 cdef class Batch:
     """Values plus metadata. ``keys``/``groups`` are per-message lists, or None when every
-    message has ``key``/``group``.
+    message has ``key``/``group``; ``event_times`` likewise, or None when every message's event
+    time is ``ingest_ns``. ``origin`` names the input (a source or window stage) the batch comes
+    from, and ``watermark`` is that input's promise that no later message of it has an earlier
+    event time (``WATERMARK_NONE`` when the batch makes no promise).
 
     Example::
 
-        >>> b = Batch(["a", "b"], key="src")
-        >>> len(b), b.key_of(1)
-        (2, 'src')
+        >>> b = Batch(["a", "b"], key="src", ingest_ns=5)
+        >>> len(b), b.key_of(1), b.event_time_of(1)
+        (2, 'src', 5)
     """
 
     def __init__(self, list values, list keys=None, object key=None, list groups=None,
-                 Py_ssize_t group=0, int64_t ingest_ns=0):
+                 Py_ssize_t group=0, int64_t ingest_ns=0, list event_times=None,
+                 object origin=None, int64_t watermark=NO_WATERMARK):
         self.values = values
         self.keys = keys
         self.key = key
         self.groups = groups
         self.group = group
         self.ingest_ns = ingest_ns
+        self.event_times = event_times
+        self.origin = origin
+        self.watermark = watermark
 
     def __len__(self):
         return len(self.values)
@@ -52,37 +74,76 @@ cdef class Batch:
         """The key of message ``i``."""
         return self.key if self.keys is None else self.keys[i]
 
+    def event_time_of(self, Py_ssize_t i):
+        """The event time of message ``i`` (nanoseconds)."""
+        return self.ingest_ns if self.event_times is None else self.event_times[i]
+
     def __repr__(self):
         return f"<Batch of {len(self.values)}>"
 
 
-# What an op's output does with per-message keys: drop them (decoded or encoded values have
-# none yet or need none), keep the input's, or set new ones (key_by).
+# What an op's output does with per-message metadata: drop keys and event times (decoded or
+# encoded values have none yet or need none), keep the input's, set new keys (key_by), set new
+# event times (a source's event-time extractor), or set both (window outputs).
 cdef enum:
     DROP_KEYS = 0
     KEEP_KEYS = 1
     NEW_KEYS = 2
+    NEW_TIMES = 3
+    NEW_KEYS_AND_TIMES = 4
 
 
 @cython.final
 cdef class Output:
-    """The batch an op is building: values, and the keys/groups that go with them.
+    """The batch an op is building: values, and the keys, groups and event times that go with
+    them.
 
-    ``emit(value, i)`` adds an output of input message ``i``, carrying that message's key.
+    ``emit(value, i)`` adds an output of input message ``i``, carrying that message's key and
+    event time; the other ``emit_*`` set a new key, a new event time, or both.
     """
 
     def __cinit__(self, Batch source, int key_mode):
         self.source = source
         self.values = []
-        if key_mode == NEW_KEYS or (key_mode == KEEP_KEYS and source.keys is not None):
+        self.copy_keys = (key_mode == KEEP_KEYS or key_mode == NEW_TIMES) and source.keys is not None
+        self.copy_times = ((key_mode == KEEP_KEYS or key_mode == NEW_KEYS)
+                           and source.event_times is not None)
+        if self.copy_keys or key_mode == NEW_KEYS or key_mode == NEW_KEYS_AND_TIMES:
             self.keys = []
             self.groups = []
+        if self.copy_times or key_mode == NEW_TIMES or key_mode == NEW_KEYS_AND_TIMES:
+            self.event_times = []
 
     cdef inline int emit(self, object value, Py_ssize_t i) except -1:
         self.values.append(value)
-        if self.keys is not None:
+        if self.copy_keys:
             self.keys.append(self.source.keys[i])
             self.groups.append(self.source.groups[i])
+        if self.copy_times:
+            self.event_times.append(self.source.event_times[i])
+        return 0
+
+    cdef int emit_keyed(self, object value, object key, object group, Py_ssize_t i) except -1:
+        self.values.append(value)
+        self.keys.append(key)
+        self.groups.append(group)
+        if self.copy_times:
+            self.event_times.append(self.source.event_times[i])
+        return 0
+
+    cdef int emit_timed(self, object value, Py_ssize_t i, int64_t event_time) except -1:
+        self.values.append(value)
+        if self.copy_keys:
+            self.keys.append(self.source.keys[i])
+            self.groups.append(self.source.groups[i])
+        self.event_times.append(event_time)
+        return 0
+
+    cdef int emit_new(self, object value, object key, object group, int64_t event_time) except -1:
+        self.values.append(value)
+        self.keys.append(key)
+        self.groups.append(group)
+        self.event_times.append(event_time)
         return 0
 
     cdef int emit_all(self, object results, Py_ssize_t i, str stage) except -1:
@@ -103,6 +164,9 @@ cdef class Output:
         b.key = src.key
         b.group = src.group
         b.ingest_ns = src.ingest_ns
+        b.event_times = self.event_times
+        b.origin = src.origin
+        b.watermark = src.watermark
         return b
 
 
@@ -126,6 +190,7 @@ cdef class Op:
         self.errors = errors
         self.processed = 0
         self.bad_input_kind = None
+        self.sees_watermarks = False
 
     cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
         out.emit(value, i)
@@ -226,10 +291,7 @@ cdef class KeyByOp(Op):
 
     cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
         k = normalize_key(self.fn(value))
-        g = key_group(k, self.key_groups)
-        out.values.append(value)
-        out.keys.append(k)
-        out.groups.append(g)
+        out.emit_keyed(value, k, key_group(k, self.key_groups), i)
         return 0
 
 
@@ -251,9 +313,63 @@ cdef class ConstantKeyOp(Op):
         self.group = key_group(self.key, key_groups)
 
     cdef Batch run(self, Batch batch):
-        cdef Batch b = Batch(batch.values, None, self.key, None, self.group, batch.ingest_ns)
+        cdef Batch b = Batch(batch.values, None, self.key, None, self.group, batch.ingest_ns,
+                             batch.event_times, batch.origin, batch.watermark)
         self.processed += len(batch.values)
         return b
+
+
+cdef class EventTimeOp(Op):
+    """Give each message the event time ``fn(value)``: integer nanoseconds or a datetime (naive
+    means UTC). Anything else, or an extractor that raises, is bad input. Each batch leaves with
+    the source's watermark: the highest event time seen so far.
+
+    Example::
+
+        >>> import datetime
+        >>> op = EventTimeOp("t", lambda v: v, None)
+        >>> b = op.process(Batch([5, datetime.datetime(1970, 1, 1, 0, 0, 1), 3]))
+        >>> b.event_times, b.watermark
+        ([5, 1000000000, 3], 1000000000)
+    """
+
+    key_mode = NEW_TIMES
+    cdef readonly int64_t high
+
+    def __init__(self, str name, fn, errors):
+        Op.__init__(self, name, fn, errors)
+        self.bad_input_kind = "event_time"
+        self.high = NO_WATERMARK
+
+    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
+        cdef int64_t t = event_time_ns(self.fn(value))
+        if t > self.high:
+            self.high = t
+        out.emit_timed(value, i, t)
+        return 0
+
+    cdef Batch run(self, Batch batch):
+        cdef Batch b = Op.run(self, batch)
+        if self.high > b.watermark:
+            b.watermark = self.high
+        return b
+
+
+cdef int64_t event_time_ns(object t) except? -1:
+    """An event extractor's result as nanoseconds, or a TypeError/ValueError saying why not."""
+    if isinstance(t, datetime):
+        if t.tzinfo is not None:
+            t = t.replace(tzinfo=None) - t.utcoffset()
+        delta = t - _EPOCH
+        t = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    elif type(t) is not int:
+        if isinstance(t, bool) or not isinstance(t, int):
+            raise TypeError(f"event_time returned {type(t).__name__} {t!r:.60}; return integer "
+                            f"nanoseconds since the epoch (see wallaroo.seconds) or a datetime")
+    if not -EVENT_TIME_LIMIT < t < EVENT_TIME_LIMIT:
+        raise ValueError(f"event time {t} ns is out of range (more than about 146 years from "
+                         f"1970); event times are nanoseconds since the epoch")
+    return <int64_t>t
 
 
 cdef class StateOp(Op):
@@ -346,17 +462,41 @@ cdef class Chain:
     def __init__(self, list ops, list outputs=None):
         self.ops = ops
         self.outputs = outputs if outputs is not None else []
+        self.watermark_outputs = []
 
-    def add_output(self, output):
-        """Send this chain's results to ``output`` too (a Chain or a sink with ``push``)."""
+    def add_output(self, output, bint wants_watermarks=False):
+        """Send this chain's results to ``output`` too (a Chain or a sink with ``push``);
+        ``wants_watermarks`` also sends it batches that carry only a watermark."""
         self.outputs.append(output)
+        if wants_watermarks:
+            self.watermark_outputs.append(output)
+
+    @property
+    def sees_watermarks(self):
+        """Whether an op of this chain or anything after it uses watermarks."""
+        return bool(self.watermark_outputs) or any((<Op>op).sees_watermarks for op in self.ops)
 
     cpdef push(self, Batch batch):
         """Run the batch through every op, then through every output."""
+        self._run(batch, 0)
+
+    def tick(self, now_ns):
+        """Let the chain's first op act on the passing of time (a window firing on an idle
+        input, or a count window's timeout), and send on what it emits."""
+        batch = self.ops[0].tick(now_ns)
+        if batch is not None:
+            self._run(batch, 1)
+
+    cdef _run(self, Batch batch, Py_ssize_t start):
         cdef Op op
-        for op in self.ops:
-            batch = op.run(batch)
-            if not batch.values:
-                return
-        for out in self.outputs:
-            out.push(batch)
+        cdef Py_ssize_t i
+        for i in range(start, len(self.ops)):
+            op = self.ops[i]
+            if batch.values or op.sees_watermarks:
+                batch = op.run(batch)
+        if batch.values:
+            for out in self.outputs:
+                out.push(batch)
+        elif batch.watermark != NO_WATERMARK:
+            for out in self.watermark_outputs:
+                out.push(batch)

@@ -48,6 +48,7 @@ _flag("--on-error", "on_error", True)
 _flag("--dead-letter", "dead_letter", True)
 _flag("--key-groups", "key_groups", True)
 _flag("--flush-timeout", "flush_timeout", True)
+_flag("--idle-timeout", "idle_timeout", True)
 _flag("--no-progress", "no_progress", False)
 _flag("--explain", "explain", False)
 _flag("-h --help", "help", False)
@@ -87,6 +88,8 @@ options:
   --dead-letter PATH          dead-letter file (JSON lines) for bad input and skipped errors
   --key-groups N              number of key groups (default 2048)
   --flush-timeout SECONDS     how long to wait for sinks at the end (default 30)
+  --idle-timeout SECONDS      an input silent this long stops holding back the event-time
+                              watermark of the windows after it (default 5)
   --no-progress               no progress line for bounded runs on a terminal
   --explain                   print the physical plan (fused chains, exchanges) and exit
 Original Wallaroo flags (--workers, --cluster-initializer, --resilience-dir, --metrics, ...)
@@ -219,13 +222,16 @@ def _options(flags: dict) -> RunOptions:
     try:
         key_groups = int(flags.get("key_groups", RunOptions.key_groups))
         flush_timeout = float(flags.get("flush_timeout", RunOptions.flush_timeout))
+        idle_timeout = float(flags.get("idle_timeout", RunOptions.idle_timeout))
     except ValueError as exc:
         raise UsageError(f"bad number: {exc}") from None
     if key_groups <= 0:
         raise UsageError("--key-groups must be a positive number")
+    if not idle_timeout > 0:
+        raise UsageError("--idle-timeout must be a positive number of seconds")
     return RunOptions(on_error=on_error, dead_letter=flags.get("dead_letter"),
                       key_groups=key_groups, flush_timeout=flush_timeout,
-                      show_progress=not flags.get("no_progress"))
+                      idle_timeout=idle_timeout, show_progress=not flags.get("no_progress"))
 
 
 async def _run(worker: Worker, app_name: str):

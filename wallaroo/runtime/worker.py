@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 
 from wallaroo import graph as g
 from wallaroo._core.chain import (
-    Batch, Chain, ConstantKeyOp, DecodeOp, EncodeOp, FlatMapOp, KeyByOp, MapOp, StateOp,
+    WATERMARK_END_OF_INPUT, WATERMARK_NONE, Batch, Chain, ConstantKeyOp, DecodeOp, EncodeOp,
+    EventTimeOp, FlatMapOp, KeyByOp, MapOp, StateOp,
 )
 from wallaroo._core.hashing import DEFAULT_KEY_GROUPS, key_group
+from wallaroo._core.windows import CountWindowOp, RangeWindowOp, SessionWindowOp, WindowOp
 from wallaroo.connectors.base import Sink
 from wallaroo.connectors.files import FileSink, FileSource, StdoutSink
 from wallaroo.connectors.generated import GenSource, IterSource
@@ -44,11 +46,14 @@ log = logging.getLogger("wallaroo")
 
 SOURCES = {"tcp": TCPSource, "file": FileSource, "gen": GenSource, "iter": IterSource}
 SINKS = {"tcp": TCPSink, "file": FileSink, "stdout": StdoutSink, "memory": CollectingSink}
+#: How often (seconds) ingest-time watermarks advance and windows check idle inputs and timeouts.
+TICK_SECONDS = 0.1
 
 
 @dataclass
 class RunOptions:
-    """How a worker runs: error policy, dead-letter file, key groups, flush time, progress.
+    """How a worker runs: error policy, dead-letter file, key groups, flush time, the idle
+    timeout of watermarks (seconds), progress.
 
     Example::
 
@@ -60,6 +65,7 @@ class RunOptions:
     dead_letter: str | None = None
     key_groups: int = DEFAULT_KEY_GROUPS
     flush_timeout: float = 30.0
+    idle_timeout: float = 5.0
     show_progress: bool = False
 
 
@@ -90,13 +96,17 @@ class StartupError(Exception):
 class SourceContext:
     """What a source sees of the worker (see wallaroo.connectors.base)."""
 
-    def __init__(self, worker: "Worker", node: g.Node, emitter: Chain):
+    def __init__(self, worker: "Worker", node: g.Node, emitter: Chain, origin: int):
         self.worker = worker
         self.name = node.name
         self.flow = worker.flow
         self.emitter = emitter
+        self.origin = origin
         self.key = node.name
         self.group = key_group(node.name, worker.options.key_groups)
+        #: With event time taken from the values, the watermark comes from the extractor;
+        #: with ingest time it is the clock.
+        self.ingest_time = node.options.get("event_time") is None
         self.done = False
 
     def emit(self, values: list) -> bool:
@@ -105,11 +115,23 @@ class SourceContext:
         if worker.stopping:
             return False
         worker.ingested += len(values)
+        now = time.time_ns()
+        mark = now if self.ingest_time else WATERMARK_NONE
+        self._push(Batch(values, None, self.key, None, self.group, now, None, self.origin, mark))
+        return not worker.stopping
+
+    def advance_watermark(self, mark: int) -> None:
+        """Send the watermark ``mark`` alone (the clock's, or the end of input) to the windows
+        downstream, if there are any."""
+        if self.emitter.sees_watermarks:
+            self._push(Batch([], None, self.key, None, self.group, time.time_ns(), None,
+                             self.origin, mark))
+
+    def _push(self, batch: Batch) -> None:
         try:
-            self.emitter.push(Batch(values, None, self.key, None, self.group, time.time_ns()))
+            self.emitter.push(batch)
         except Exception as exc:  # an engine fault, not a user error: those are handled in ops
             self.crash(exc)
-        return not worker.stopping
 
     def bad_input(self, kind: str, value, exc: BaseException) -> None:
         """Report input this source could not take (bad frame, ...)."""
@@ -120,8 +142,9 @@ class SourceContext:
         return self.worker.errors.user_error(stage, value, exc)
 
     def finished(self) -> None:
-        """A bounded source has read all of its input."""
+        """A bounded source has read all of its input: its open windows can all fire."""
         self.done = True
+        self.advance_watermark(WATERMARK_END_OF_INPUT)
         self.worker._source_finished()
 
     def crash(self, exc: BaseException) -> None:
@@ -176,9 +199,14 @@ class Worker:
         self.chains = {spec: Chain([self._op(n) for n in spec.nodes]) for spec in self.plan.chains}
         targets.update(self.chains)
         # On one worker an exchange edge hands batches straight on: every key group is local.
-        for spec, chain in self.chains.items():
+        # Wired from the last chain back, so each knows whether watermarks matter after it.
+        for spec in reversed(self.plan.chains):
+            chain = self.chains[spec]
             for edge in spec.edges:
-                chain.add_output(targets[edge.target])
+                target = targets[edge.target]
+                chain.add_output(target, _wants_watermarks(target))
+        self._window_chains = [chain for chain in self.chains.values()
+                               if isinstance(chain.ops[0], WindowOp)]
         self.sources = []
         self.source_contexts = []
         for node, edges in self.plan.source_edges.items():
@@ -189,7 +217,16 @@ class Worker:
             if decoder is not None:
                 stage = f"{node.name}: decoder {_function_name(decoder)!r}"
                 ops.append(DecodeOp(stage, decoder.decode, self.errors))
-            ctx = SourceContext(self, node, Chain(ops, [targets[e.target] for e in edges]))
+            event_time = node.options.get("event_time")
+            if event_time is not None:
+                fn_name = getattr(event_time, "__qualname__", type(event_time).__name__)
+                stage = f"{node.name}: event_time {fn_name!r}"
+                ops.append(EventTimeOp(stage, event_time, self.errors))
+            emitter = Chain(ops)
+            for edge in edges:
+                target = targets[edge.target]
+                emitter.add_output(target, _wants_watermarks(target))
+            ctx = SourceContext(self, node, emitter, self.plan.origin(node))
             self.source_contexts.append(ctx)
             self.sources.append(cls(config, ctx))
 
@@ -218,7 +255,24 @@ class Worker:
             return KeyByOp(name, spec.extract_key, errors, self.options.key_groups)
         if node.kind == g.COLLECT:
             return ConstantKeyOp(name, errors, "collect", self.options.key_groups)
+        if node.kind == g.WINDOW:
+            return self._window_op(node)
         raise AssertionError(f"no operator for {node!r}")
+
+    def _window_op(self, node: g.Node) -> WindowOp:
+        spec, params = node.spec, node.spec.params
+        common = (node.name, spec.aggregation, spec.output_takes_window, self.errors,
+                  self.plan.watermark_inputs(node), int(self.options.idle_timeout * 1e9))
+        if spec.kind == "range":
+            op = RangeWindowOp(*common, params["range"], params["slide"], params["delay"],
+                               params["late_data_policy"])
+        elif spec.kind == "session":
+            op = SessionWindowOp(*common, params["gap"], params["delay"],
+                                 params["late_data_policy"])
+        else:
+            op = CountWindowOp(*common, params["count"], params["timeout"])
+        op.origin = self.plan.origin(node)
+        return op
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -239,6 +293,9 @@ class Worker:
             raise StartupError(str(exc)) from exc
         if on_started is not None:
             on_started(self)
+        ticker = None
+        if self._window_chains:
+            ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         progress = None
         if self.options.show_progress and all(s.bounded for s in self.sources):
             progress = ProgressReporter(lambda: self.ingested, lambda: (s.progress() for s in self.sources))
@@ -248,6 +305,8 @@ class Worker:
         finally:
             if progress is not None:
                 progress.stop()
+            if ticker is not None:
+                ticker.cancel()
             await self._shutdown()
         return RunResult(self.failure, self._undelivered, dict(self.errors.counts), self.ingested)
 
@@ -255,6 +314,10 @@ class Worker:
         self.stopping = True
         for source in self.sources:
             await _quietly(source.stop())
+        if self.failure is None:  # a clean stop ends the input: open windows fire
+            for ctx in self.source_contexts:
+                if not ctx.done:
+                    ctx.advance_watermark(WATERMARK_END_OF_INPUT)
         flushes = [asyncio.ensure_future(sink.flush(self.options.flush_timeout))
                    for sink in self.sinks]
         abandon = asyncio.ensure_future(self._abandon.wait())
@@ -289,6 +352,22 @@ class Worker:
             return
         self.request_stop()
 
+    async def _tick_forever(self) -> None:
+        """Move ingest-time watermarks with the clock; let windows see time pass (idle inputs,
+        count-window timeouts)."""
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            now = time.time_ns()
+            for ctx in self.source_contexts:
+                if ctx.ingest_time and not ctx.done and not self.stopping:
+                    ctx.advance_watermark(now)
+            monotonic = time.monotonic_ns()
+            for chain in self._window_chains:
+                try:
+                    chain.tick(monotonic)
+                except Exception as exc:
+                    self.crash(exc)
+
     def _source_finished(self) -> None:
         if all(ctx.done for ctx in self.source_contexts):
             self.request_stop()
@@ -317,6 +396,10 @@ async def _quietly(awaitable) -> None:
         await awaitable
     except Exception as exc:
         log.warning("while stopping: %s: %s", type(exc).__name__, exc)
+
+
+def _wants_watermarks(target) -> bool:
+    return isinstance(target, Chain) and target.sees_watermarks
 
 
 def _function_name(stage) -> str:

@@ -1,0 +1,643 @@
+# cython: language_level=3
+"""Window operators: range (tumbling and sliding), session and count windows over keyed batches.
+
+Every window op follows its inputs' watermarks. A batch comes from one input (its ``origin``);
+each message's event time, then the batch's in-band watermark, raise that input's watermark.
+The op's watermark is the minimum over its live inputs and never goes back. An input not heard
+from for ``idle_ns`` stops holding it back; when every input is idle, the watermark moves on
+with the clock from the highest event time seen. An input at ``WATERMARK_END_OF_INPUT`` has
+ended; when all have, every open window fires.
+
+Windows fire right after the message (or the ``tick``) that moved the watermark far enough, so
+what comes out does not depend on how input was cut into batches. State is kept per key, as
+plain dicts and lists of the user's accumulators, beside the key's state computations.
+
+Example::
+
+    >>> from wallaroo._core.chain import Batch
+    >>> class Total:
+    ...     def initial_accumulator(self): return [0]
+    ...     def update(self, v, acc): acc[0] += v
+    ...     def combine(self, a, b): return [a[0] + b[0]]
+    ...     def output(self, key, acc): return (key, acc[0])
+    >>> op = RangeWindowOp("sum", Total(), False, None, [0], 10**9, 10, 10, 0, "drop")
+    >>> op.process(Batch([1, 2, 3], key="k", event_times=[1, 2, 12], origin=0)).values
+    [('k', 3)]
+"""
+cimport cython
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from libc.stdint cimport int64_t
+from wallaroo._core.chain cimport (
+    Batch, Op, Output, DURATION_LIMIT, END_OF_INPUT, NO_WATERMARK,
+)
+
+import bisect
+import heapq
+import logging
+import time
+
+log = logging.getLogger("wallaroo")
+
+# Past every window end: the frontier once all input has ended.
+cdef int64_t EVERYTHING = END_OF_INPUT + 2 * DURATION_LIMIT
+
+cdef enum:
+    NEW_KEYS_AND_TIMES = 4
+    DROP = 0
+    FIRE_PER_MESSAGE = 1
+    PLACE_IN_OLDEST = 2
+
+_POLICIES = {"drop": DROP, "fire-per-message": FIRE_PER_MESSAGE,
+             "place-in-oldest-window": PLACE_IN_OLDEST}
+
+
+cdef inline int64_t floor_div(int64_t a, int64_t b):
+    """a // b rounded towards minus infinity (b > 0)."""
+    cdef int64_t q = a / b
+    if a % b != 0 and a < 0:
+        q -= 1
+    return q
+
+
+cdef class WindowOp(Op):
+    """What every window op shares: inputs and watermarks, the per-message loop, firing.
+
+    ``agg`` is the Aggregation instance; ``with_window`` says whether its ``output`` takes the
+    window; ``inputs`` lists the origins whose batches reach this op; ``idle_ns`` is the idle
+    timeout. ``late`` counts late messages dropped; ``origin`` is what this op's own output
+    batches are marked with (its name unless set).
+    """
+
+    cdef object agg
+    cdef object initial
+    cdef object update
+    cdef object combine
+    cdef object output
+    cdef bint with_window
+    cdef dict input_index
+    cdef Py_ssize_t n_inputs
+    cdef int64_t *input_marks
+    cdef int64_t *last_heard
+    cdef int64_t idle_ns
+    cdef readonly int64_t watermark
+    cdef readonly unsigned long long late
+    cdef public object origin
+    cdef bint failed
+    cdef Output out
+
+    def __cinit__(self, *args, **kwargs):
+        self.input_marks = NULL
+        self.last_heard = NULL
+
+    def __init__(self, str name, agg, bint with_window, errors, list inputs, int64_t idle_ns):
+        Op.__init__(self, name, None, errors)
+        self.sees_watermarks = True
+        self.agg = agg
+        self.initial = agg.initial_accumulator
+        self.update = agg.update
+        self.combine = agg.combine
+        self.output = agg.output
+        self.with_window = with_window
+        self.input_index = {origin: i for i, origin in enumerate(inputs)}
+        self.n_inputs = len(inputs)
+        self.input_marks = <int64_t *>PyMem_Malloc(max(1, self.n_inputs) * sizeof(int64_t))
+        self.last_heard = <int64_t *>PyMem_Malloc(max(1, self.n_inputs) * sizeof(int64_t))
+        if self.input_marks == NULL or self.last_heard == NULL:
+            raise MemoryError()
+        cdef int64_t now = time.monotonic_ns()
+        for i in range(self.n_inputs):
+            self.input_marks[i] = NO_WATERMARK
+            self.last_heard[i] = now
+        self.idle_ns = idle_ns
+        self.watermark = NO_WATERMARK
+        self.late = 0
+        self.origin = name
+        self.failed = False
+
+    def __dealloc__(self):
+        PyMem_Free(self.input_marks)
+        PyMem_Free(self.last_heard)
+
+    # -- watermarks ------------------------------------------------------------------------
+
+    cdef int64_t combined_mark(self, int64_t now):
+        """The minimum over live inputs; with none live, the clock-driven idle watermark."""
+        cdef Py_ssize_t i
+        cdef int64_t low = END_OF_INPUT, high = NO_WATERMARK, heard = 0
+        cdef bint any_live = False, any_idle = False
+        for i in range(self.n_inputs):
+            mark = self.input_marks[i]
+            if mark >= END_OF_INPUT:
+                continue
+            if now - self.last_heard[i] < self.idle_ns:
+                any_live = True
+                if mark < low:
+                    low = mark
+            else:
+                any_idle = True
+                if mark > high:
+                    high = mark
+                if self.last_heard[i] > heard:
+                    heard = self.last_heard[i]
+        if any_live or not any_idle:
+            return low
+        if high == NO_WATERMARK:
+            return NO_WATERMARK
+        return min(high + (now - heard), END_OF_INPUT - 1)
+
+    cdef int raise_input(self, Py_ssize_t i, int64_t mark, int64_t now) except -1:
+        """Input ``i`` promises ``mark``: move the op's watermark and fire what is due."""
+        cdef int64_t combined
+        if mark <= self.input_marks[i]:
+            return 0
+        self.input_marks[i] = mark
+        if self.n_inputs == 1:
+            combined = mark
+        else:
+            combined = self.combined_mark(now)
+        if combined > self.watermark:
+            self.watermark = combined
+            self.advance()
+        return 0
+
+    cdef int refresh(self, int64_t now) except -1:
+        """Re-read the inputs (one may have gone idle) and fire what is due."""
+        cdef int64_t combined = self.combined_mark(now)
+        if combined > self.watermark:
+            self.watermark = combined
+            self.advance()
+        return 0
+
+    cdef int64_t output_mark(self):
+        """The watermark this op sends downstream with its outputs."""
+        return self.watermark
+
+    # -- the per-message loop -----------------------------------------------------------------
+
+    cdef Batch run(self, Batch batch):
+        cdef list values = batch.values
+        cdef list keys = batch.keys
+        cdef list groups = batch.groups
+        cdef list times = batch.event_times
+        cdef Py_ssize_t i = 0, n = len(values)
+        cdef int64_t t, now = time.monotonic_ns()
+        cdef Output out = Output(batch, NEW_KEYS_AND_TIMES)
+        idx = self.input_index.get(batch.origin)
+        if idx is None:
+            raise ValueError(f"window {self.name!r} got a batch from {batch.origin!r}, which "
+                             f"is not one of its inputs {list(self.input_index)}")
+        cdef Py_ssize_t input_i = idx
+        self.last_heard[input_i] = now
+        self.out = out
+        while i < n and not self.failed:
+            try:
+                while i < n and not self.failed:
+                    t = batch.ingest_ns if times is None else times[i]
+                    if keys is None:
+                        self.place(batch.key, batch.group, t, values[i], now)
+                    else:
+                        self.place(keys[i], groups[i], t, values[i], now)
+                    self.raise_input(input_i, t, now)
+                    i += 1
+            except Exception as exc:
+                if not self.errors.user_error(self.name, values[i], exc):
+                    self.failed = True
+                i += 1
+        if batch.watermark != NO_WATERMARK and not self.failed:
+            self.raise_input(input_i, batch.watermark, now)
+        if self.n_inputs > 1:
+            self.refresh(now)
+        self.processed += n
+        return self.finish(out)
+
+    cdef Batch finish(self, Output out):
+        cdef Batch b = out.batch()
+        b.key = None
+        b.origin = self.origin
+        b.watermark = self.output_mark()
+        self.out = None
+        return b
+
+    def tick(self, now_ns=None):
+        """React to the passing of time; a batch of what fired (or None)."""
+        cdef int64_t now = time.monotonic_ns() if now_ns is None else now_ns
+        cdef int64_t before = self.watermark
+        cdef Output out = Output(Batch([]), NEW_KEYS_AND_TIMES)
+        self.out = out
+        if not self.failed:
+            self.refresh(now)
+            self.on_tick(now)
+        if not out.values and self.watermark == before:
+            self.out = None
+            return None
+        return self.finish(out)
+
+    # -- what each kind of window defines ---------------------------------------------------
+
+    cdef int place(self, object key, object group, int64_t t, object value, int64_t now) except -1:
+        raise NotImplementedError
+
+    cdef int advance(self) except -1:
+        """The watermark moved: fire the windows that are due."""
+        return 0
+
+    cdef int on_tick(self, int64_t now) except -1:
+        return 0
+
+    # -- shared helpers -----------------------------------------------------------------------
+
+    cdef int emit(self, object key, object group, object acc, int64_t start, int64_t end,
+                  int64_t event_time) except -1:
+        """Call the aggregation's output and emit its result (None emits nothing). A failing
+        output is the aggregation's error: reported, and the run goes on or stops by policy."""
+        try:
+            if self.with_window:
+                r = self.output(key, acc, (start, end))
+            else:
+                r = self.output(key, acc)
+        except Exception as exc:
+            if not self.errors.user_error(self.name, (key, (start, end)), exc):
+                self.failed = True
+            return 0
+        if r is not None:
+            self.out.emit_new(r, key, group, event_time)
+        return 0
+
+    cdef int fire_alone(self, object key, object group, object value, int64_t start,
+                        int64_t end, int64_t t) except -1:
+        """The fire-per-message policy: a fresh accumulator with only this value."""
+        acc = self.initial()
+        self.update(value, acc)
+        return self.emit(key, group, acc, start, end, t)
+
+    cdef int dropped_late(self, object key, int64_t t) except -1:
+        self.late += 1
+        if self.late == 1:
+            log.warning("window %r: dropped late data (key %r, event time %d ns, watermark %d "
+                        "ns); further late messages are counted, not logged. Give the window a "
+                        "delay (with_delay) or another late-data policy to keep them",
+                        self.name, key, t, self.watermark)
+        return 0
+
+
+@cython.final
+cdef class RangeWindowOp(WindowOp):
+    """Epoch-aligned windows ``[k*slide, k*slide + range)``, kept as panes.
+
+    A pane is ``gcd(range, slide)`` long; each value updates the one pane it falls in, and a
+    window combines its panes when it fires, once the watermark reaches its end plus ``delay``.
+
+    Example::
+
+        >>> from wallaroo._core.chain import Batch
+        >>> class Items:
+        ...     def initial_accumulator(self): return []
+        ...     def update(self, v, acc): acc.append(v)
+        ...     def combine(self, a, b): return a + b
+        ...     def output(self, key, acc, window): return (window, acc)
+        >>> op = RangeWindowOp("items", Items(), True, None, [0], 10**9, 10, 5, 0, "drop")
+        >>> op.process(Batch([1, 2, 3], key="k", event_times=[1, 7, 20], origin=0)).values
+        [((-5, 5), [1]), ((0, 10), [1, 2]), ((5, 15), [2])]
+    """
+
+    cdef int64_t range_ns
+    cdef int64_t slide
+    cdef int64_t pane
+    cdef int64_t delay
+    cdef int policy
+    cdef dict panes_of_key      # key -> {pane index: accumulator}
+    cdef dict keys_of_pane      # pane index -> {key: key group}, in order of arrival
+    cdef list live_panes        # pane indexes with data, sorted
+    cdef int64_t next_window    # no window before this index is still to fire
+
+    def __init__(self, str name, agg, bint with_window, errors, list inputs, int64_t idle_ns,
+                 int64_t range_ns, int64_t slide, int64_t delay, str policy):
+        WindowOp.__init__(self, name, agg, with_window, errors, inputs, idle_ns)
+        self.range_ns = range_ns
+        self.slide = slide
+        self.pane = _gcd(range_ns, slide)
+        self.delay = delay
+        self.policy = _POLICIES[policy]
+        self.panes_of_key = {}
+        self.keys_of_pane = {}
+        self.live_panes = []
+        self.next_window = floor_div(NO_WATERMARK, slide)
+
+    @property
+    def keys(self):
+        """The keys with open windows."""
+        return list(self.panes_of_key)
+
+    cdef inline int64_t frontier(self):
+        """Windows ending at or before this time have fired."""
+        if self.watermark >= END_OF_INPUT:
+            return EVERYTHING
+        return self.watermark - self.delay
+
+    cdef inline int64_t first_open_window(self):
+        """The first window that has not fired."""
+        cdef int64_t w = floor_div(self.frontier() - self.range_ns, self.slide) + 1
+        return w if w > self.next_window else self.next_window
+
+    cdef int place(self, object key, object group, int64_t t, object value, int64_t now) except -1:
+        cdef int64_t last = floor_div(t, self.slide)
+        if last * self.slide + self.range_ns <= self.frontier():
+            if self.policy == DROP:
+                return self.dropped_late(key, t)
+            if self.policy == FIRE_PER_MESSAGE:
+                return self.fire_alone(key, group, value, last * self.slide,
+                                       last * self.slide + self.range_ns, t)
+            t = self.first_open_window() * self.slide
+        self.add(key, group, floor_div(t, self.pane), value)
+        return 0
+
+    cdef inline int add(self, object key, object group, int64_t pane, object value) except -1:
+        panes = self.panes_of_key.get(key)
+        if panes is None:
+            panes = {}
+            self.panes_of_key[key] = panes
+        acc = panes.get(pane)
+        if acc is None:
+            acc = self.initial()
+            panes[pane] = acc
+            keys = self.keys_of_pane.get(pane)
+            if keys is None:
+                keys = {}
+                self.keys_of_pane[pane] = keys
+                if not self.live_panes or pane > self.live_panes[len(self.live_panes) - 1]:
+                    self.live_panes.append(pane)
+                else:
+                    bisect.insort(self.live_panes, pane)
+            keys[key] = group
+        self.update(value, acc)
+        return 0
+
+    cdef int advance(self) except -1:
+        cdef int64_t frontier = self.frontier(), pane, window, first, start
+        cdef int64_t per_window = self.range_ns // self.pane
+        while self.live_panes and not self.failed:
+            pane = self.live_panes[0]
+            # the first window holding this pane that has not fired yet
+            first = floor_div(pane * self.pane - self.range_ns, self.slide) + 1
+            window = first if first > self.next_window else self.next_window
+            start = window * self.slide
+            if start + self.range_ns > frontier:
+                break
+            self.fire(window, floor_div(start, self.pane), per_window)
+            self.next_window = window + 1
+            self.free_panes_before((window + 1) * self.slide)
+        window = floor_div(frontier - self.range_ns, self.slide) + 1
+        if window > self.next_window:
+            self.next_window = window
+        return 0
+
+    cdef int fire(self, int64_t window, int64_t first_pane, int64_t per_window) except -1:
+        cdef int64_t start = window * self.slide, end = start + self.range_ns, p
+        cdef dict keys
+        if per_window == 1:
+            keys = self.keys_of_pane.get(first_pane) or {}
+            for key, group in keys.items():
+                self.emit(key, group, self.panes_of_key[key][first_pane], start, end, end - 1)
+            return 0
+        keys = {}
+        for p in range(first_pane, first_pane + per_window):
+            found = self.keys_of_pane.get(p)
+            if found:
+                for key, group in (<dict>found).items():
+                    if key not in keys:
+                        keys[key] = group
+        for key, group in keys.items():
+            panes = <dict>self.panes_of_key[key]
+            acc = self.initial()
+            for p in range(first_pane, first_pane + per_window):
+                part = panes.get(p)
+                if part is not None:
+                    acc = self.combine(acc, part)
+            self.emit(key, group, acc, start, end, end - 1)
+        return 0
+
+    cdef int free_panes_before(self, int64_t time) except -1:
+        """Drop the panes whose every window has fired: those starting before ``time``."""
+        cdef int64_t pane
+        while self.live_panes and self.live_panes[0] * self.pane < time:
+            pane = self.live_panes.pop(0)
+            for key in self.keys_of_pane.pop(pane):
+                panes = <dict>self.panes_of_key[key]
+                del panes[pane]
+                if not panes:
+                    del self.panes_of_key[key]
+        return 0
+
+    cdef int64_t output_mark(self):
+        return self.frontier() if self.watermark < END_OF_INPUT else self.watermark
+
+
+@cython.final
+cdef class SessionWindowOp(WindowOp):
+    """Per key, sessions of messages less than ``gap`` apart in event time.
+
+    A session ``(first, last + gap)`` fires once the watermark reaches ``last + gap + delay``;
+    a message within ``gap`` of open sessions joins them (and may merge two).
+
+    Example::
+
+        >>> from wallaroo._core.chain import Batch
+        >>> class Items:
+        ...     def initial_accumulator(self): return []
+        ...     def update(self, v, acc): acc.append(v)
+        ...     def combine(self, a, b): return a + b
+        ...     def output(self, key, acc, window): return (window, acc)
+        >>> op = SessionWindowOp("s", Items(), True, None, [0], 10**9, 5, 0, "drop")
+        >>> op.process(Batch([1, 2, 3], key="k", event_times=[0, 3, 20], origin=0)).values
+        [((0, 8), [1, 2])]
+    """
+
+    cdef int64_t gap
+    cdef int64_t delay
+    cdef int policy
+    cdef dict sessions_of_key   # key -> [[first, last, acc, group], ...] sorted by first
+    cdef dict scheduled         # key -> the end its entry in the heap is due at
+    cdef list due               # heap of (end, sequence, key)
+    cdef unsigned long long sequence
+
+    def __init__(self, str name, agg, bint with_window, errors, list inputs, int64_t idle_ns,
+                 int64_t gap, int64_t delay, str policy):
+        WindowOp.__init__(self, name, agg, with_window, errors, inputs, idle_ns)
+        self.gap = gap
+        self.delay = delay
+        self.policy = _POLICIES[policy]
+        self.sessions_of_key = {}
+        self.scheduled = {}
+        self.due = []
+        self.sequence = 0
+
+    @property
+    def keys(self):
+        """The keys with open sessions."""
+        return list(self.sessions_of_key)
+
+    cdef inline int64_t frontier(self):
+        if self.watermark >= END_OF_INPUT:
+            return EVERYTHING
+        return self.watermark - self.delay
+
+    cdef int place(self, object key, object group, int64_t t, object value, int64_t now) except -1:
+        cdef list sessions = self.sessions_of_key.get(key)
+        cdef list joined = []
+        cdef list session
+        if sessions is not None:
+            for session in sessions:
+                if t + self.gap > <int64_t>session[0] and t < <int64_t>session[1] + self.gap:
+                    joined.append(session)
+        if not joined:
+            if t + self.gap <= self.frontier():
+                if self.policy == DROP:
+                    return self.dropped_late(key, t)
+                if self.policy == FIRE_PER_MESSAGE:
+                    return self.fire_alone(key, group, value, t, t + self.gap, t)
+                if sessions:
+                    self.update(value, sessions[0][2])
+                    return 0
+                t = self.frontier()
+            session = [t, t, self.initial(), group]
+            if sessions is None:
+                sessions = []
+                self.sessions_of_key[key] = sessions
+            sessions.append(session)
+            sessions.sort(key=_first)
+        else:
+            session = joined[0]
+            for other in joined[1:]:
+                session[0] = min(session[0], other[0])
+                session[1] = max(session[1], other[1])
+                session[2] = self.combine(session[2], other[2])
+                sessions[:] = [s for s in sessions if s is not other]
+            if t < session[0]:
+                session[0] = t
+            if t > session[1]:
+                session[1] = t
+        self.update(value, session[2])
+        self.schedule(key, sessions)
+        return 0
+
+    cdef int schedule(self, object key, list sessions) except -1:
+        """Make sure the heap holds an entry for ``key`` no later than its first session end."""
+        cdef int64_t end = min(<int64_t>s[1] for s in sessions) + self.gap
+        current = self.scheduled.get(key)
+        if current is None or end < current:
+            self.scheduled[key] = end
+            self.sequence += 1
+            heapq.heappush(self.due, (end, self.sequence, key))
+        return 0
+
+    cdef int advance(self) except -1:
+        cdef int64_t frontier = self.frontier()
+        while self.due and self.due[0][0] <= frontier and not self.failed:
+            end, _, key = heapq.heappop(self.due)
+            if self.scheduled.get(key) != end:
+                continue  # a stale entry: the key was rescheduled earlier
+            del self.scheduled[key]
+            sessions = self.sessions_of_key[key]
+            remaining = []
+            for session in sorted(sessions, key=_last):
+                if session[1] + self.gap <= frontier:
+                    self.emit(key, session[3], session[2], session[0], session[1] + self.gap,
+                              session[1] + self.gap - 1)
+                else:
+                    remaining.append(session)
+            if remaining:
+                self.sessions_of_key[key] = remaining
+                self.schedule(key, remaining)
+            else:
+                del self.sessions_of_key[key]
+        return 0
+
+    cdef int64_t output_mark(self):
+        return self.frontier() if self.watermark < END_OF_INPUT else self.watermark
+
+
+@cython.final
+cdef class CountWindowOp(WindowOp):
+    """Per key, emit every ``count`` messages; a partly filled window is emitted once its first
+    message is ``timeout_ns`` old (wall clock), and at the end of the input.
+
+    The window passed to a three-parameter ``output`` spans the event times of its messages.
+
+    Example::
+
+        >>> from wallaroo._core.chain import Batch
+        >>> class Total:
+        ...     def initial_accumulator(self): return [0]
+        ...     def update(self, v, acc): acc[0] += v
+        ...     def combine(self, a, b): return [a[0] + b[0]]
+        ...     def output(self, key, acc): return acc[0]
+        >>> op = CountWindowOp("sum", Total(), False, None, [0], 10**9, 2, 10**9)
+        >>> op.process(Batch([1, 2, 3], key="k", origin=0)).values
+        [3]
+    """
+
+    cdef Py_ssize_t count
+    cdef int64_t timeout_ns
+    cdef dict open_windows      # key -> [count, acc, first time, last time, started, group]
+
+    def __init__(self, str name, agg, bint with_window, errors, list inputs, int64_t idle_ns,
+                 Py_ssize_t count, int64_t timeout_ns):
+        WindowOp.__init__(self, name, agg, with_window, errors, inputs, idle_ns)
+        self.count = count
+        self.timeout_ns = timeout_ns
+        self.open_windows = {}
+
+    @property
+    def keys(self):
+        """The keys with a partly filled window, oldest first."""
+        return list(self.open_windows)
+
+    cdef int place(self, object key, object group, int64_t t, object value, int64_t now) except -1:
+        cdef list window = self.open_windows.get(key)
+        if window is None:
+            window = [0, self.initial(), t, t, now, group]
+            self.open_windows[key] = window
+        self.update(value, window[1])
+        window[0] += 1
+        if t < <int64_t>window[2]:
+            window[2] = t
+        if t > <int64_t>window[3]:
+            window[3] = t
+        if <Py_ssize_t>window[0] >= self.count:
+            del self.open_windows[key]
+            self.emit_window(key, window)
+        return 0
+
+    cdef int emit_window(self, object key, list window) except -1:
+        return self.emit(key, window[5], window[1], window[2], window[3] + 1, window[3])
+
+    cdef int advance(self) except -1:
+        if self.watermark >= END_OF_INPUT:
+            while self.open_windows and not self.failed:
+                key = next(iter(self.open_windows))
+                self.emit_window(key, self.open_windows.pop(key))
+        return 0
+
+    cdef int on_tick(self, int64_t now) except -1:
+        while self.open_windows and not self.failed:
+            key = next(iter(self.open_windows))
+            window = self.open_windows[key]
+            if now - <int64_t>window[4] < self.timeout_ns:
+                break
+            del self.open_windows[key]
+            self.emit_window(key, window)
+        return 0
+
+
+def _first(session):
+    return session[0]
+
+
+def _last(session):
+    return session[1]
+
+
+cdef int64_t _gcd(int64_t a, int64_t b):
+    while b:
+        a, b = b, a % b
+    return a
