@@ -1,8 +1,21 @@
 """asv benchmarks: each workload through the engine and as a plain loop, and their ratio.
 
 Run with ``asv run`` (or ``asv run --python=same --quick`` against the installed package).
+Workloads are ``word_count``, ``stateless_chain`` and ``windowed_sum`` (tumbling event-time
+windows); a workload the installed engine cannot run yet is skipped, not failed.
 """
+from wallaroo.errors import NotSupportedYet
+
 from .workloads import SIZES, WORKLOADS
+
+
+def _prepare(bench, name):
+    bench.work = WORKLOADS[name]
+    bench.values = bench.work.make_input(SIZES[name] // 4)
+    try:
+        bench.work.engine_outputs(bench.values[:100])
+    except NotSupportedYet as exc:
+        raise NotImplementedError(str(exc)) from exc  # asv: skip this parameter
 
 
 class Throughput:
@@ -13,8 +26,7 @@ class Throughput:
     timeout = 300
 
     def setup(self, name):
-        self.work = WORKLOADS[name]
-        self.values = self.work.make_input(SIZES[name] // 4)
+        _prepare(self, name)
 
     def time_engine(self, name):
         self.work.run_engine(self.values)
@@ -38,8 +50,7 @@ class Latency:
     param_names = ["workload"]
 
     def setup(self, name):
-        self.work = WORKLOADS[name]
-        self.values = self.work.make_input(SIZES[name] // 4)
+        _prepare(self, name)
 
     def _latencies(self):
         return sorted(self.work.run_engine(self.values)[1])

@@ -5,7 +5,7 @@ with amounts from -1250 to 1249. ``--count N`` ends the stream after N transacti
 ends by itself); without it the stream never ends, like the original example. ``--seed S``
 picks the stream (default 1).
 
-Application flags (both apps):
+Application flags (all three apps):
 
     --count N   stop after N transactions, which ends the run (default: never stop)
     --seed S    seed of the transaction generator (default 1)

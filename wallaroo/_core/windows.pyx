@@ -79,7 +79,9 @@ cdef class WindowOp(Op):
     cdef int64_t *input_marks
     cdef int64_t *last_heard
     cdef int64_t idle_ns
+    cdef int64_t delay
     cdef readonly int64_t watermark
+    cdef int64_t frontier           # windows ending at or before this have fired
     cdef readonly unsigned long long late
     cdef public object origin
     cdef bint failed
@@ -109,7 +111,9 @@ cdef class WindowOp(Op):
             self.input_marks[i] = NO_WATERMARK
             self.last_heard[i] = now
         self.idle_ns = idle_ns
+        self.delay = 0
         self.watermark = NO_WATERMARK
+        self.frontier = NO_WATERMARK
         self.late = 0
         self.origin = name
         self.failed = False
@@ -156,21 +160,25 @@ cdef class WindowOp(Op):
         else:
             combined = self.combined_mark(now)
         if combined > self.watermark:
-            self.watermark = combined
-            self.advance()
+            self.move_watermark(combined)
         return 0
 
     cdef int refresh(self, int64_t now) except -1:
         """Re-read the inputs (one may have gone idle) and fire what is due."""
         cdef int64_t combined = self.combined_mark(now)
         if combined > self.watermark:
-            self.watermark = combined
-            self.advance()
+            self.move_watermark(combined)
         return 0
 
+    cdef int move_watermark(self, int64_t mark) except -1:
+        self.watermark = mark
+        self.frontier = EVERYTHING if mark >= END_OF_INPUT else mark - self.delay
+        return self.advance()
+
     cdef int64_t output_mark(self):
-        """The watermark this op sends downstream with its outputs."""
-        return self.watermark
+        """The watermark this op sends downstream with its outputs: its frontier, since every
+        later output belongs to a window ending after it."""
+        return self.watermark if self.watermark >= END_OF_INPUT else self.frontier
 
     # -- the per-message loop -----------------------------------------------------------------
 
@@ -244,6 +252,16 @@ cdef class WindowOp(Op):
     cdef int on_tick(self, int64_t now) except -1:
         return 0
 
+    def take_state(self, key):
+        """Remove ``key``'s open windows from this op and return them as plain data (lists,
+        dicts and the user's accumulators) that ``restore_state`` accepts, or None."""
+        raise NotImplementedError
+
+    def restore_state(self, key, state):
+        """Adopt ``key``'s open windows, as returned by ``take_state`` (possibly by another op
+        of the same window, after pickling)."""
+        raise NotImplementedError
+
     # -- shared helpers -----------------------------------------------------------------------
 
     cdef int emit(self, object key, object group, object acc, int64_t start, int64_t end,
@@ -264,11 +282,12 @@ cdef class WindowOp(Op):
         return 0
 
     cdef int fire_alone(self, object key, object group, object value, int64_t start,
-                        int64_t end, int64_t t) except -1:
-        """The fire-per-message policy: a fresh accumulator with only this value."""
+                        int64_t end) except -1:
+        """The fire-per-message policy: a fresh accumulator with only this value, emitted at
+        once as the late message's own window (event time: its end - 1, like every output)."""
         acc = self.initial()
         self.update(value, acc)
-        return self.emit(key, group, acc, start, end, t)
+        return self.emit(key, group, acc, start, end, end - 1)
 
     cdef int dropped_late(self, object key, int64_t t) except -1:
         self.late += 1
@@ -303,7 +322,6 @@ cdef class RangeWindowOp(WindowOp):
     cdef int64_t range_ns
     cdef int64_t slide
     cdef int64_t pane
-    cdef int64_t delay
     cdef int policy
     cdef dict panes_of_key      # key -> {pane index: accumulator}
     cdef dict keys_of_pane      # pane index -> {key: key group}, in order of arrival
@@ -328,37 +346,36 @@ cdef class RangeWindowOp(WindowOp):
         """The keys with open windows."""
         return list(self.panes_of_key)
 
-    cdef inline int64_t frontier(self):
-        """Windows ending at or before this time have fired."""
-        if self.watermark >= END_OF_INPUT:
-            return EVERYTHING
-        return self.watermark - self.delay
-
     cdef inline int64_t first_open_window(self):
         """The first window that has not fired."""
-        cdef int64_t w = floor_div(self.frontier() - self.range_ns, self.slide) + 1
+        cdef int64_t w = floor_div(self.frontier - self.range_ns, self.slide) + 1
         return w if w > self.next_window else self.next_window
 
     cdef int place(self, object key, object group, int64_t t, object value, int64_t now) except -1:
         cdef int64_t last = floor_div(t, self.slide)
-        if last * self.slide + self.range_ns <= self.frontier():
+        if last * self.slide + self.range_ns <= self.frontier:
             if self.policy == DROP:
                 return self.dropped_late(key, t)
             if self.policy == FIRE_PER_MESSAGE:
                 return self.fire_alone(key, group, value, last * self.slide,
-                                       last * self.slide + self.range_ns, t)
+                                       last * self.slide + self.range_ns)
             t = self.first_open_window() * self.slide
         self.add(key, group, floor_div(t, self.pane), value)
         return 0
 
     cdef inline int add(self, object key, object group, int64_t pane, object value) except -1:
+        self.update(value, self.pane_acc(key, group, pane, None))
+        return 0
+
+    cdef object pane_acc(self, object key, object group, int64_t pane, object adopted):
+        """The accumulator of ``key``'s pane, made (or ``adopted``) when the pane is new."""
         panes = self.panes_of_key.get(key)
         if panes is None:
             panes = {}
             self.panes_of_key[key] = panes
         acc = panes.get(pane)
         if acc is None:
-            acc = self.initial()
+            acc = self.initial() if adopted is None else adopted
             panes[pane] = acc
             keys = self.keys_of_pane.get(pane)
             if keys is None:
@@ -369,11 +386,12 @@ cdef class RangeWindowOp(WindowOp):
                 else:
                     bisect.insort(self.live_panes, pane)
             keys[key] = group
-        self.update(value, acc)
-        return 0
+        elif adopted is not None:
+            raise ValueError(f"window {self.name!r}: key {key!r} already has pane {pane}")
+        return acc
 
     cdef int advance(self) except -1:
-        cdef int64_t frontier = self.frontier(), pane, window, first, start
+        cdef int64_t frontier = self.frontier, pane, window, first, start
         cdef int64_t per_window = self.range_ns // self.pane
         while self.live_panes and not self.failed:
             pane = self.live_panes[0]
@@ -416,6 +434,41 @@ cdef class RangeWindowOp(WindowOp):
             self.emit(key, group, acc, start, end, end - 1)
         return 0
 
+    def take_state(self, key):
+        """``(group, {pane index: accumulator})`` for ``key``, or None.
+
+        Example::
+
+            >>> from wallaroo._core.chain import Batch
+            >>> class Sum:
+            ...     def initial_accumulator(self): return [0]
+            ...     def update(self, v, acc): acc[0] += v
+            ...     def combine(self, a, b): return [a[0] + b[0]]
+            ...     def output(self, key, acc): return acc[0]
+            >>> op = RangeWindowOp("sum", Sum(), False, None, [0], 10**9, 10, 10, 0, "drop")
+            >>> op.process(Batch([1, 2], key="k", group=3, event_times=[1, 12], origin=0)).values
+            [1]
+            >>> op.take_state("k"), op.keys
+            ((3, {1: [2]}), [])
+        """
+        panes = self.panes_of_key.pop(key, None)
+        if panes is None:
+            return None
+        group = None
+        for pane in panes:
+            keys = <dict>self.keys_of_pane[pane]
+            group = keys.pop(key)
+            if not keys:
+                del self.keys_of_pane[pane]
+                self.live_panes.remove(pane)
+        return (group, panes)
+
+    def restore_state(self, key, state):
+        group, panes = state
+        for pane, acc in panes.items():
+            self.pane_acc(key, group, pane, acc)
+        return None
+
     cdef int free_panes_before(self, int64_t time) except -1:
         """Drop the panes whose every window has fired: those starting before ``time``."""
         cdef int64_t pane
@@ -428,8 +481,6 @@ cdef class RangeWindowOp(WindowOp):
                     del self.panes_of_key[key]
         return 0
 
-    cdef int64_t output_mark(self):
-        return self.frontier() if self.watermark < END_OF_INPUT else self.watermark
 
 
 @cython.final
@@ -453,7 +504,6 @@ cdef class SessionWindowOp(WindowOp):
     """
 
     cdef int64_t gap
-    cdef int64_t delay
     cdef int policy
     cdef dict sessions_of_key   # key -> [[first, last, acc, group], ...] sorted by first
     cdef dict scheduled         # key -> the end its entry in the heap is due at
@@ -476,11 +526,6 @@ cdef class SessionWindowOp(WindowOp):
         """The keys with open sessions."""
         return list(self.sessions_of_key)
 
-    cdef inline int64_t frontier(self):
-        if self.watermark >= END_OF_INPUT:
-            return EVERYTHING
-        return self.watermark - self.delay
-
     cdef int place(self, object key, object group, int64_t t, object value, int64_t now) except -1:
         cdef list sessions = self.sessions_of_key.get(key)
         cdef list joined = []
@@ -490,15 +535,15 @@ cdef class SessionWindowOp(WindowOp):
                 if t + self.gap > <int64_t>session[0] and t < <int64_t>session[1] + self.gap:
                     joined.append(session)
         if not joined:
-            if t + self.gap <= self.frontier():
+            if t + self.gap <= self.frontier:
                 if self.policy == DROP:
                     return self.dropped_late(key, t)
                 if self.policy == FIRE_PER_MESSAGE:
-                    return self.fire_alone(key, group, value, t, t + self.gap, t)
+                    return self.fire_alone(key, group, value, t, t + self.gap)
                 if sessions:
                     self.update(value, sessions[0][2])
                     return 0
-                t = self.frontier()
+                t = self.frontier
             session = [t, t, self.initial(), group]
             if sessions is None:
                 sessions = []
@@ -530,8 +575,20 @@ cdef class SessionWindowOp(WindowOp):
             heapq.heappush(self.due, (end, self.sequence, key))
         return 0
 
+    def take_state(self, key):
+        """``[[first, last, accumulator, group], ...]`` for ``key``, or None."""
+        self.scheduled.pop(key, None)  # its heap entry, if any, is now stale
+        return self.sessions_of_key.pop(key, None)
+
+    def restore_state(self, key, state):
+        if key in self.sessions_of_key:
+            raise ValueError(f"window {self.name!r}: key {key!r} already has open sessions")
+        sessions = sorted((list(s) for s in state), key=_first)
+        self.sessions_of_key[key] = sessions
+        self.schedule(key, sessions)
+
     cdef int advance(self) except -1:
-        cdef int64_t frontier = self.frontier()
+        cdef int64_t frontier = self.frontier
         while self.due and self.due[0][0] <= frontier and not self.failed:
             end, _, key = heapq.heappop(self.due)
             if self.scheduled.get(key) != end:
@@ -552,8 +609,6 @@ cdef class SessionWindowOp(WindowOp):
                 del self.sessions_of_key[key]
         return 0
 
-    cdef int64_t output_mark(self):
-        return self.frontier() if self.watermark < END_OF_INPUT else self.watermark
 
 
 @cython.final
@@ -607,6 +662,18 @@ cdef class CountWindowOp(WindowOp):
             del self.open_windows[key]
             self.emit_window(key, window)
         return 0
+
+    def take_state(self, key):
+        """``[count, accumulator, first time, last time, started, group]`` for ``key``'s partly
+        filled window, or None (``started`` is a monotonic clock reading of this process)."""
+        return self.open_windows.pop(key, None)
+
+    def restore_state(self, key, state):
+        if key in self.open_windows:
+            raise ValueError(f"window {self.name!r}: key {key!r} already has an open window")
+        window = list(state)
+        window[4] = time.monotonic_ns()  # the clock of another process means nothing here
+        self.open_windows[key] = window
 
     cdef int emit_window(self, object key, list window) except -1:
         return self.emit(key, window[5], window[1], window[2], window[3] + 1, window[3])

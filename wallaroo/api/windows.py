@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from wallaroo._core.chain import DURATION_BOUND
 from wallaroo.errors import WallarooParameterError
 
 #: What to do with a message whose windows have all fired already.
@@ -290,6 +291,10 @@ def _nanoseconds(value: Any, where: str, allow_zero: bool = False) -> int:
     if value < 0 or (value == 0 and not allow_zero):
         wanted = "zero or more" if allow_zero else "more than zero"
         raise WallarooParameterError(f"{where}: must be {wanted} nanoseconds, not {value}")
+    if value >= DURATION_BOUND:
+        raise WallarooParameterError(
+            f"{where}: {value} ns is too long; windows, slides, gaps and delays must be shorter "
+            f"than {DURATION_BOUND} ns (about 36 years)")
     return value
 
 
