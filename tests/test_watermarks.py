@@ -12,6 +12,7 @@ import time
 import pytest
 
 import wallaroo
+import wallaroo.testing
 from wallaroo._core.chain import WATERMARK_END_OF_INPUT, Batch
 from wallaroo._core.windows import CountWindowOp, RangeWindowOp, SessionWindowOp
 from wallaroo.runtime.errors import ErrorPolicy
@@ -220,3 +221,43 @@ class TestStateMovesByKey:
         op.restore_state("a", state)
         with pytest.raises(ValueError, match="already has pane"):
             op.restore_state("a", state)
+
+
+class TestAggregationErrors:
+    """An aggregation that raises follows the error policy, like any user function: under
+    "skip" only the failing key's window is lost; under "fail" the run stops naming the stage."""
+
+    class PickyCombine(CollectWindow):
+        def combine(self, acc1, acc2):
+            if "bad" in acc2:
+                raise ValueError("cannot combine 'bad'")
+            return acc1 + acc2
+
+    class PickyOutput(CollectWindow):
+        def output(self, key, acc, window):
+            if key == "b":
+                raise KeyError("no output for b")
+            return super().output(key, acc, window)
+
+    MESSAGES = [("a", 1, "x"), ("b", 2, "bad"), ("b", 3, "y"), ("a", 6, "z")]
+
+    def run(self, aggregation, on_error):
+        window = wallaroo.range_windows(10).with_slide(5).over(aggregation)
+        p = (wallaroo.source("in", wallaroo.IterSourceConfig("in", []), event_time=lambda m: m[1])
+             .key_by(lambda m: m[0]).to(wallaroo.computation(name="v")(lambda m: m[2]))
+             .to(window).to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str))))
+        return wallaroo.testing.run(wallaroo.build_application("picky", p),
+                                    {"in": self.MESSAGES}, on_error=on_error)
+
+    @pytest.mark.parametrize("aggregation", [PickyCombine, PickyOutput])
+    def test_skip_loses_only_the_failing_keys_windows(self, aggregation):
+        [out] = self.run(aggregation, "skip")
+        assert {key for key, _, _ in out} == {"a"}
+        assert [values for _, _, values in out] == [["x"], ["x", "z"], ["z"]]
+
+    @pytest.mark.parametrize("aggregation", [PickyCombine, PickyOutput])
+    def test_fail_stops_the_run_naming_the_window(self, aggregation):
+        from wallaroo.errors import StageFailed
+
+        with pytest.raises(StageFailed, match=aggregation.__name__):
+            self.run(aggregation, "fail")

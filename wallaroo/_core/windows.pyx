@@ -426,11 +426,17 @@ cdef class RangeWindowOp(WindowOp):
                         keys[key] = group
         for key, group in keys.items():
             panes = <dict>self.panes_of_key[key]
-            acc = self.initial()
-            for p in range(first_pane, first_pane + per_window):
-                part = panes.get(p)
-                if part is not None:
-                    acc = self.combine(acc, part)
+            try:
+                acc = self.initial()
+                for p in range(first_pane, first_pane + per_window):
+                    part = panes.get(p)
+                    if part is not None:
+                        acc = self.combine(acc, part)
+            except Exception as exc:  # this key's window is lost; the others still fire
+                if not self.errors.user_error(self.name, (key, (start, end)), exc):
+                    self.failed = True
+                    return 0
+                continue
             self.emit(key, group, acc, start, end, end - 1)
         return 0
 
@@ -553,9 +559,10 @@ cdef class SessionWindowOp(WindowOp):
         else:
             session = joined[0]
             for other in joined[1:]:
+                merged = self.combine(session[2], other[2])  # may raise: change nothing before
                 session[0] = min(session[0], other[0])
                 session[1] = max(session[1], other[1])
-                session[2] = self.combine(session[2], other[2])
+                session[2] = merged
                 sessions[:] = [s for s in sessions if s is not other]
             if t < session[0]:
                 session[0] = t
