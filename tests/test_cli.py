@@ -88,6 +88,32 @@ def test_file_source_to_file_sink_end_to_end(tmp_path):
     assert m["rest"] == f'source "lines" at file://{src} | sink file://{out}'
 
 
+def test_stats_file_counts_every_message_and_its_latency(tmp_path):
+    lines = random_words(300)
+    src, out, stats_path = tmp_path / "in.txt", tmp_path / "out.txt", tmp_path / "stats.json"
+    write_lines(src, lines)
+    result = run_cli("--app", "wr_cli_app", "--input", str(src), "--output", str(out),
+                     "--stats-file", str(stats_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(stats_path.read_text())
+    assert stats["app"] == "Upper Files" and stats["ingested"] == len(lines)
+    [sink] = stats["sinks"]
+    assert sink["name"] == f"sink 0 (file://{out})" and sink["messages"] == len(lines)
+    latency = sink["latency_ns"]
+    assert latency["count"] == len(lines) and sum(latency["bins"].values()) == len(lines)
+    assert 0 < latency["min"] <= sink["latency_summary_ns"]["p50"] <= latency["max"] < 10**10
+    assert stats["peak_rss_bytes"] > 10**6 and stats["exit_code"] == 0
+
+
+def test_stats_file_in_a_missing_directory_is_reported_not_fatal(tmp_path):
+    src, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    write_lines(src, ["a"])
+    result = run_cli("--app", "wr_cli_app", "--input", str(src), "--output", str(out),
+                     "--stats-file", str(tmp_path / "nowhere" / "stats.json"), cwd=tmp_path)
+    assert result.returncode == 0
+    assert b"cannot write --stats-file" in result.stderr and out.read_bytes() == b"A\n"
+
+
 def test_file_without_trailing_newline_and_relative_paths(tmp_path):
     lines = random_words(5)
     write_lines(tmp_path / "in.txt", lines, trailing_newline=False)

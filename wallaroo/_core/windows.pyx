@@ -230,7 +230,7 @@ cdef class WindowOp(Op):
         """React to the passing of time; a batch of what fired (or None)."""
         cdef int64_t now = time.monotonic_ns() if now_ns is None else now_ns
         cdef int64_t before = self.watermark
-        cdef Output out = Output(Batch([]), NEW_KEYS_AND_TIMES)
+        cdef Output out = Output(Batch([], ingest_ns=time.time_ns()), NEW_KEYS_AND_TIMES)
         self.out = out
         if not self.failed:
             self.refresh(now)

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import os
+import resource
 import signal
 import sys
+import time
 import traceback
 
 import wallaroo
@@ -49,6 +52,7 @@ _flag("--dead-letter", "dead_letter", True)
 _flag("--key-groups", "key_groups", True)
 _flag("--flush-timeout", "flush_timeout", True)
 _flag("--idle-timeout", "idle_timeout", True)
+_flag("--stats-file", "stats_file", True)
 _flag("--no-progress", "no_progress", False)
 _flag("--explain", "explain", False)
 _flag("-h --help", "help", False)
@@ -90,6 +94,8 @@ options:
   --flush-timeout SECONDS     how long to wait for sinks at the end (default 30)
   --idle-timeout SECONDS      an input silent this long stops holding back the event-time
                               watermark of the windows after it (default 5)
+  --stats-file PATH           at the end, write what the run did as JSON: messages in, and
+                              per sink messages out and ingest-to-write latency histograms
   --no-progress               no progress line for bounded runs on a terminal
   --explain                   print the physical plan (fused chains, exchanges) and exit
 Original Wallaroo flags (--workers, --cluster-initializer, --resilience-dir, --metrics, ...)
@@ -246,6 +252,33 @@ async def _run(worker: Worker, app_name: str):
     return await worker.run(on_started=started)
 
 
+def write_stats(path: str, app_name: str, result, elapsed_s: float) -> None:
+    """Write the ``--stats-file`` JSON (atomically: a reader never sees half of it).
+
+    Example::
+
+        >>> import json, tempfile
+        >>> from wallaroo.runtime.worker import RunResult
+        >>> path = os.path.join(tempfile.mkdtemp(), "stats.json")
+        >>> write_stats(path, "app", RunResult(ingested=3), 0.5)
+        >>> json.load(open(path))["ingested"]
+        3
+    """
+    stats = {"app": app_name, "ingested": result.ingested, "elapsed_s": elapsed_s,
+             "exit_code": result.exit_code,
+             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+             "errors": {f"{stage}: {kind}": n for (stage, kind), n in result.error_counts.items()},
+             "sinks": result.sinks}
+    partial = f"{path}.partial"
+    try:
+        with open(partial, "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=1)
+            f.write("\n")
+        os.replace(partial, path)
+    except OSError as exc:
+        log.error("cannot write --stats-file %s: %s", path, exc)
+
+
 def _user_location(exc: BaseException) -> str:
     """`` (at FILE:LINE)`` of the innermost frame of ``exc`` in the user's code, if any.
 
@@ -306,11 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         print("wallaroo-run: the application module failed while loading (traceback above)",
               file=sys.stderr)
         return 2
+    started = time.monotonic()
     try:
         result = asyncio.run(_run(worker, app.name))
     except StartupError as exc:
         print(f"wallaroo-run: {exc}", file=sys.stderr)
         return 2
+    if flags.get("stats_file"):
+        write_stats(flags["stats_file"], app.name, result, time.monotonic() - started)
     for line in worker.errors.summary():
         log.warning("%s", line)
     if isinstance(result.failure, StageFailed):

@@ -30,6 +30,7 @@ from wallaroo._core.chain import (
     EventTimeOp, FlatMapOp, KeyByOp, MapOp, StateOp,
 )
 from wallaroo._core.hashing import DEFAULT_KEY_GROUPS, key_group
+from wallaroo._core.histogram import Histogram
 from wallaroo._core.windows import CountWindowOp, RangeWindowOp, SessionWindowOp, WindowOp
 from wallaroo.connectors.base import Sink
 from wallaroo.connectors.files import FileSink, FileSource, StdoutSink
@@ -83,6 +84,7 @@ class RunResult:
     undelivered: list = field(default_factory=list)
     error_counts: dict = field(default_factory=dict)
     ingested: int = 0
+    sinks: list = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -152,6 +154,38 @@ class SourceContext:
         self.worker.crash(exc)
 
 
+class SinkProbe:
+    """Stands before a sink: counts what reaches it and records, per message, the time from
+    ingest at the source to the sink's write (``latency``, nanoseconds).
+
+    Example::
+
+        >>> class Keep:
+        ...     def push(self, batch): pass
+        >>> probe = SinkProbe("out", Keep())
+        >>> probe.push(Batch([b"a", b"b"], ingest_ns=time.time_ns()))
+        >>> probe.messages, probe.latency.count
+        (2, 2)
+    """
+
+    def __init__(self, name: str, sink):
+        self.name = name
+        self.sink = sink
+        self.messages = 0
+        self.latency = Histogram()
+
+    def push(self, batch: Batch) -> None:
+        self.sink.push(batch)
+        n = len(batch.values)
+        self.messages += n
+        self.latency.record_many(time.time_ns() - batch.ingest_ns, n)
+
+    def report(self) -> dict:
+        """What reached the sink: name, message count, latency histogram and summary."""
+        return {"name": self.name, "messages": self.messages,
+                "latency_ns": self.latency.to_dict(), "latency_summary_ns": self.latency.summary()}
+
+
 class SinkContext:
     """What a sink sees of the worker: its name and the back-pressure gate."""
 
@@ -185,16 +219,20 @@ class Worker:
         source_configs = source_configs or {}
         sink_configs = sink_configs or {}
         self.sinks = []
+        #: One probe before each sink: message counts and ingest-to-write latency.
+        self.sink_probes: list[SinkProbe] = []
         targets: dict[object, object] = {}
         for position, node in enumerate(self.plan.sinks):
             config = sink_configs.get(position, node.spec)
             name = f"sink {position} ({config.describe()})"
             sink = self._connector(SINKS, config, "sink", name)(config, SinkContext(self, name))
             self.sinks.append(sink)
-            targets[node] = sink
+            probe = SinkProbe(name, sink)
+            self.sink_probes.append(probe)
+            targets[node] = probe
             if sink.encodes:  # the in-memory sink of wallaroo.testing takes values as they are
                 stage = f"{name}: encoder {_function_name(config.encoder)!r}"
-                targets[node] = Chain([EncodeOp(stage, config.encoder.encode, self.errors)], [sink])
+                targets[node] = Chain([EncodeOp(stage, config.encoder.encode, self.errors)], [probe])
         #: The running chain of each chain of the plan (their ops hold the live state).
         self.chains = {spec: Chain([self._op(n) for n in spec.nodes]) for spec in self.plan.chains}
         targets.update(self.chains)
@@ -308,7 +346,8 @@ class Worker:
             if ticker is not None:
                 ticker.cancel()
             await self._shutdown()
-        return RunResult(self.failure, self._undelivered, dict(self.errors.counts), self.ingested)
+        return RunResult(self.failure, self._undelivered, dict(self.errors.counts), self.ingested,
+                         [probe.report() for probe in self.sink_probes])
 
     async def _shutdown(self) -> None:
         self.stopping = True
