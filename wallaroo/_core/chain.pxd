@@ -18,6 +18,13 @@ cdef extern from *:
     const int64_t END_OF_INPUT "WALLAROO_END_OF_INPUT"
     const int64_t NO_WATERMARK "WALLAROO_NO_WATERMARK"
 
+# What an op does to the keys and event times of what passes through it.
+cdef enum Effect:
+    KEEP = 0        # passes on what it got
+    NEW = 1         # sets one per message (key_by; an event-time extractor; a window)
+    CONSTANT = 2    # sets one key for all (collect)
+    DROP = 3        # its outputs need none (decoded or encoded bytes)
+
 
 cdef class Batch:
     cdef public list values
@@ -31,23 +38,6 @@ cdef class Batch:
     cdef public int64_t watermark
 
 
-@cython.final
-cdef class Output:
-    cdef Batch source
-    cdef list values
-    cdef list keys
-    cdef list groups
-    cdef list event_times
-    cdef bint copy_keys
-    cdef bint copy_times
-    cdef inline int emit(self, object value, Py_ssize_t i) except -1
-    cdef int emit_keyed(self, object value, object key, object group, Py_ssize_t i) except -1
-    cdef int emit_timed(self, object value, Py_ssize_t i, int64_t event_time) except -1
-    cdef int emit_new(self, object value, object key, object group, int64_t event_time) except -1
-    cdef int emit_all(self, object results, Py_ssize_t i, str stage) except -1
-    cdef Batch batch(self)
-
-
 cdef class Op:
     cdef readonly str name
     cdef readonly object fn
@@ -55,13 +45,40 @@ cdef class Op:
     cdef readonly unsigned long long processed
     cdef readonly str bad_input_kind
     cdef readonly bint sees_watermarks
-    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1
-    cdef Batch run(self, Batch batch)
+    cdef Effect keys_effect
+    cdef Effect times_effect
+    cdef Op next
+    cdef object solo
+    cdef int push(self, object value, object key, object group, int64_t t) except -1
+    cdef int consume(self, Batch batch) except -1
+    cdef bint time_passes(self, int64_t now) except -1
+    cdef int finish_batch(self, Batch out) except -1
+    cdef int caught(self, object value) except -1
+    cdef int failed(self, object value, object exc) except -1
+
+
+@cython.final
+cdef class Collector(Op):
+    cdef list values
+    cdef list keys
+    cdef list groups
+    cdef list times
+    cdef bint track_keys
+    cdef bint track_times
+    cdef begin(self, bint track_keys, bint track_times)
 
 
 cdef class Chain:
     cdef readonly list ops
     cdef readonly list outputs
     cdef readonly list watermark_outputs
-    cdef _run(self, Batch batch, Py_ssize_t start)
+    cdef Op head
+    cdef Collector collector
+    cdef Effect keys_effect
+    cdef Effect times_effect
+    cdef object constant_key
+    cdef Py_ssize_t constant_group
+    cpdef Batch run(self, Batch batch)
     cpdef push(self, Batch batch)
+    cdef Batch finish(self, Batch source)
+    cdef forward(self, Batch out)

@@ -1,17 +1,19 @@
 # cython: language_level=3
-"""The chain executor: fused stages run as one loop per stage over a batch.
+"""The chain executor: fused stages run as one loop over a batch, message by message.
 
 A ``Batch`` is a list of values plus parallel metadata: per-message keys and key groups (or one
 key for the whole batch), per-message event times (or the ingest time for all), the input it
-came from (``origin``) and, in band, that input's watermark. An ``Op`` turns a batch into the next one; a
-``Chain`` runs its ops in order and hands the result to its outputs (further chains or sinks).
+came from (``origin``) and, in band, that input's watermark. A ``Chain`` holds fused ``Op``s and
+hands what comes out of them to its outputs (further chains or sinks).
 
-``Op.run`` holds the one loop over a batch, inside one ``try``; each op defines ``apply``, its
-work on one message. The only per-message Python work is the user's own function call. A user
-function that raises is reported to the ``errors`` object (see wallaroo.runtime.errors): bad
-input is counted and skipped; a user error either stops the run (``user_error`` returns False:
-the rest of the batch is dropped, what came before it flows on) or is skipped, and the loop
-resumes at the next message.
+The ops of a chain are linked: each ``push(value, key, group, t)`` does its stage's work on one
+message and pushes each result straight into the next op, the last op into the chain's
+``Collector``, which builds the output batch. So one loop over the batch (``Op.consume`` of the
+first op) carries every message through every stage, with no batch in between; the only
+per-message Python work is the user's own function call. A user function that raises is
+reported to the ``errors`` object (see wallaroo.runtime.errors): bad input is counted and
+skipped; a user error is skipped, or stops the run (``user_error`` returns False: the rest of
+the batch is dropped, what came before it flows on).
 
 Example::
 
@@ -24,7 +26,20 @@ Example::
 cimport cython
 from libc.stdint cimport int64_t
 from cpython.datetime cimport datetime, import_datetime
+from cpython.ref cimport PyObject, Py_XDECREF
 from wallaroo._core.hashing cimport normalize_key, key_group
+
+import time
+
+cdef extern from "Python.h":
+    # The user's function is called through these, not inside a ``try``: a NULL result means it
+    # raised, and ``Op.caught`` takes the exception. The normal path pays nothing for errors.
+    PyObject *PyObject_CallOneArg(object fn, object arg)
+    PyObject *PyObject_Vectorcall(object fn, PyObject **args, size_t nargs, PyObject *kwnames)
+    long long PyLong_AsLongLongAndOverflow(object number, int *overflow)
+    void PyErr_Fetch(PyObject **kind, PyObject **value, PyObject **traceback)
+    void PyErr_NormalizeException(PyObject **kind, PyObject **value, PyObject **traceback)
+    int PyException_SetTraceback(PyObject *exc, PyObject *traceback)
 
 import_datetime()
 _EPOCH = datetime(1970, 1, 1)
@@ -82,107 +97,25 @@ cdef class Batch:
         return f"<Batch of {len(self.values)}>"
 
 
-# What an op's output does with per-message metadata: drop keys and event times (decoded or
-# encoded values have none yet or need none), keep the input's, set new keys (key_by), set new
-# event times (a source's event-time extractor), or set both (window outputs).
-cdef enum:
-    DROP_KEYS = 0
-    KEEP_KEYS = 1
-    NEW_KEYS = 2
-    NEW_TIMES = 3
-    NEW_KEYS_AND_TIMES = 4
-
-
-@cython.final
-cdef class Output:
-    """The batch an op is building: values, and the keys, groups and event times that go with
-    them.
-
-    ``emit(value, i)`` adds an output of input message ``i``, carrying that message's key and
-    event time; the other ``emit_*`` set a new key, a new event time, or both.
-    """
-
-    def __cinit__(self, Batch source, int key_mode):
-        self.source = source
-        self.values = []
-        self.copy_keys = (key_mode == KEEP_KEYS or key_mode == NEW_TIMES) and source.keys is not None
-        self.copy_times = ((key_mode == KEEP_KEYS or key_mode == NEW_KEYS)
-                           and source.event_times is not None)
-        if self.copy_keys or key_mode == NEW_KEYS or key_mode == NEW_KEYS_AND_TIMES:
-            self.keys = []
-            self.groups = []
-        if self.copy_times or key_mode == NEW_TIMES or key_mode == NEW_KEYS_AND_TIMES:
-            self.event_times = []
-
-    cdef inline int emit(self, object value, Py_ssize_t i) except -1:
-        self.values.append(value)
-        if self.copy_keys:
-            self.keys.append(self.source.keys[i])
-            self.groups.append(self.source.groups[i])
-        if self.copy_times:
-            self.event_times.append(self.source.event_times[i])
-        return 0
-
-    cdef int emit_keyed(self, object value, object key, object group, Py_ssize_t i) except -1:
-        self.values.append(value)
-        self.keys.append(key)
-        self.groups.append(group)
-        if self.copy_times:
-            self.event_times.append(self.source.event_times[i])
-        return 0
-
-    cdef int emit_timed(self, object value, Py_ssize_t i, int64_t event_time) except -1:
-        self.values.append(value)
-        if self.copy_keys:
-            self.keys.append(self.source.keys[i])
-            self.groups.append(self.source.groups[i])
-        self.event_times.append(event_time)
-        return 0
-
-    cdef int emit_new(self, object value, object key, object group, int64_t event_time) except -1:
-        self.values.append(value)
-        self.keys.append(key)
-        self.groups.append(group)
-        self.event_times.append(event_time)
-        return 0
-
-    cdef int emit_all(self, object results, Py_ssize_t i, str stage) except -1:
-        """Emit each non-None item of a list/tuple result (the *_multi contract)."""
-        if type(results) is not list and type(results) is not tuple:
-            raise TypeError(f"{stage} must return a list (or None), not {type(results).__name__}")
-        for item in results:
-            if item is not None:
-                self.emit(item, i)
-        return 0
-
-    cdef Batch batch(self):
-        cdef Batch src = self.source
-        cdef Batch b = Batch.__new__(Batch)
-        b.values = self.values
-        b.keys = self.keys
-        b.groups = self.groups
-        b.key = src.key
-        b.group = src.group
-        b.ingest_ns = src.ingest_ns
-        b.event_times = self.event_times
-        b.origin = src.origin
-        b.watermark = src.watermark
-        return b
+class StopBatch(BaseException):
+    """Raised through the ops when a failure stops the run: the rest of the batch is dropped.
+    (A BaseException, so that no ``except Exception`` on the way can take it for a user
+    error.)"""
 
 
 cdef class Op:
     """One stage of a chain. ``errors`` receives failures (see module docstring).
 
     ``bad_input_kind`` is None for stages running user logic (their failures follow the error
-    policy) and names the kind for stages whose failures mean bad input (decoder, key extractor).
+    policy) and names the kind for stages whose failures mean bad input (decoder, key extractor,
+    event-time extractor). ``process(batch)`` and ``tick(now)`` run an op alone (for tests and
+    tools); in a running dataflow its chain drives it.
 
     Example::
 
         >>> MapOp("inc", lambda x: x + 1, None).name
         'inc'
     """
-
-    key_mode = KEEP_KEYS
 
     def __init__(self, str name, fn, errors):
         self.name = name
@@ -191,32 +124,98 @@ cdef class Op:
         self.processed = 0
         self.bad_input_kind = None
         self.sees_watermarks = False
+        self.keys_effect = KEEP
+        self.times_effect = KEEP
 
-    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
-        out.emit(value, i)
+    cdef int push(self, object value, object key, object group, int64_t t) except -1:
+        """Do this stage's work on one message and push the results on."""
+        self.processed += 1
+        return self.next.push(value, key, group, t)
+
+    cdef int consume(self, Batch batch) except -1:
+        """The loop over a batch: every message into ``push``."""
+        cdef list values = batch.values, keys = batch.keys, groups = batch.groups
+        cdef list times = batch.event_times
+        cdef object key = batch.key, group = batch.group
+        cdef int64_t t = batch.ingest_ns
+        cdef Py_ssize_t i, n = len(values)
+        try:
+            for i in range(n):
+                if keys is not None:
+                    key = keys[i]
+                    group = groups[i]
+                if times is not None:
+                    t = times[i]
+                self.push(values[i], key, group, t)
+        except StopBatch:
+            pass
         return 0
 
-    cdef Batch run(self, Batch batch):
-        cdef list values = batch.values
-        cdef Output out = Output(batch, self.key_mode)
-        cdef Py_ssize_t i = 0, n = len(values)
-        while i < n:
-            try:
-                while i < n:
-                    self.apply(values[i], i, out)
-                    i += 1
-            except Exception as exc:
-                if self.bad_input_kind is not None:
-                    self.errors.bad_input(self.name, self.bad_input_kind, values[i], exc)
-                elif not self.errors.user_error(self.name, values[i], exc):
-                    break
-                i += 1
-        self.processed += n
-        return out.batch()
+    cdef bint time_passes(self, int64_t now) except -1:
+        """React to the passing of time (windows); True when the op's watermark moved."""
+        return False
+
+    cdef int finish_batch(self, Batch out) except -1:
+        """Adjust the chain's output batch once the whole input batch is through."""
+        return 0
+
+    cdef int caught(self, object value) except -1:
+        """The user's function raised (its call returned NULL): take the exception and report
+        it with ``failed``; anything that is not an Exception (a StopBatch, Ctrl-C) goes on."""
+        cdef PyObject *kind
+        cdef PyObject *error
+        cdef PyObject *traceback
+        PyErr_Fetch(&kind, &error, &traceback)
+        PyErr_NormalizeException(&kind, &error, &traceback)
+        if traceback != NULL:
+            PyException_SetTraceback(error, traceback)
+        exc = <object>error
+        Py_XDECREF(kind)
+        Py_XDECREF(error)
+        Py_XDECREF(traceback)
+        if not isinstance(exc, Exception):
+            raise exc
+        return self.failed(value, exc)
+
+    cdef int failed(self, object value, object exc) except -1:
+        """Report that this stage failed on ``value``: skip it, or stop (StopBatch)."""
+        if self.bad_input_kind is not None:
+            self.errors.bad_input(self.name, self.bad_input_kind, value, exc)
+        elif not self.errors.user_error(self.name, value, exc):
+            raise StopBatch()
+        return 0
+
+    def _solo_chain(self):
+        if self.solo is None:
+            if self.next is not None:
+                raise RuntimeError(f"op {self.name!r} is part of a chain; push batches through "
+                                   f"the chain")
+            self.solo = Chain([self])
+        return self.solo
 
     def process(self, Batch batch):
-        """Run this op alone over a batch (for tests and tools)."""
-        return self.run(batch)
+        """Run this op alone over a batch; the batch it makes."""
+        return self._solo_chain().run(batch)
+
+    def tick(self, now_ns=None):
+        """Let this op (alone) act on the passing of time; the batch it makes, or None."""
+        return self._solo_chain().tick(now_ns)
+
+
+#: What ``call_user`` returns when the user's function raised and the message is skipped.
+cdef object SKIPPED = object()
+
+
+cdef inline object call_user(Op op, object value):
+    """``op.fn(value)``, called through the C API rather than inside a ``try``: a NULL result
+    means it raised, and ``Op.caught`` reports it (SKIPPED: go on with the next message)."""
+    cdef PyObject *r = PyObject_CallOneArg(op.fn, value)
+    if r == NULL:
+        op.caught(value)
+        return SKIPPED
+    result = <object>r
+    Py_XDECREF(r)
+    return result
 
 
 cdef class MapOp(Op):
@@ -228,10 +227,13 @@ cdef class MapOp(Op):
         [1, 3]
     """
 
-    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
-        r = self.fn(value)
-        if r is not None:
-            out.emit(r, i)
+    cdef int push(self, object value, object key, object group, int64_t t) except -1:
+        self.processed += 1
+        result = call_user(self, value)
+        if result is SKIPPED:
+            return 0
+        if result is not None:
+            self.next.push(result, key, group, t)
         return 0
 
 
@@ -244,11 +246,12 @@ cdef class FlatMapOp(Op):
         ['a', 'b', 'c']
     """
 
-    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
-        r = self.fn(value)
-        if r is not None:
-            out.emit_all(r, i, self.name)
-        return 0
+    cdef int push(self, object value, object key, object group, int64_t t) except -1:
+        self.processed += 1
+        results = call_user(self, value)
+        if results is SKIPPED:
+            return 0
+        return push_each(self, value, results, key, group, t)
 
 
 cdef class DecodeOp(MapOp):
@@ -261,11 +264,10 @@ cdef class DecodeOp(MapOp):
         ['hi']
     """
 
-    key_mode = DROP_KEYS
-
     def __init__(self, str name, fn, errors):
         MapOp.__init__(self, name, fn, errors)
         self.bad_input_kind = "decoder"
+        self.keys_effect = DROP
 
 
 cdef class KeyByOp(Op):
@@ -281,18 +283,25 @@ cdef class KeyByOp(Op):
         (['a', 'c'], True)
     """
 
-    key_mode = NEW_KEYS
     cdef Py_ssize_t key_groups
 
     def __init__(self, str name, fn, errors, Py_ssize_t key_groups):
         Op.__init__(self, name, fn, errors)
         self.key_groups = key_groups
         self.bad_input_kind = "key_extractor"
+        self.keys_effect = NEW
 
-    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
-        k = normalize_key(self.fn(value))
-        out.emit_keyed(value, k, key_group(k, self.key_groups), i)
-        return 0
+    cdef int push(self, object value, object key, object group, int64_t t) except -1:
+        self.processed += 1
+        k = call_user(self, value)
+        if k is SKIPPED:
+            return 0
+        if type(k) is not str:
+            try:
+                k = normalize_key(k)
+            except Exception as exc:
+                return self.failed(value, exc)
+        return self.next.push(value, k, key_group(k, self.key_groups), t)
 
 
 cdef class ConstantKeyOp(Op):
@@ -300,23 +309,25 @@ cdef class ConstantKeyOp(Op):
 
     Example::
 
-        >>> ConstantKeyOp("collect", None, "all", 16).process(Batch([1, 2], keys=["a", "b"])).key
+        >>> b = Batch([1, 2], keys=["a", "b"], groups=[3, 4])
+        >>> ConstantKeyOp("collect", None, "all", 16).process(b).key
         'all'
     """
 
-    cdef object key
-    cdef Py_ssize_t group
+    cdef readonly object key
+    cdef readonly Py_ssize_t group
+    cdef object boxed_group
 
     def __init__(self, str name, errors, key, Py_ssize_t key_groups):
         Op.__init__(self, name, None, errors)
         self.key = normalize_key(key)
         self.group = key_group(self.key, key_groups)
+        self.boxed_group = self.group
+        self.keys_effect = CONSTANT
 
-    cdef Batch run(self, Batch batch):
-        cdef Batch b = Batch(batch.values, None, self.key, None, self.group, batch.ingest_ns,
-                             batch.event_times, batch.origin, batch.watermark)
-        self.processed += len(batch.values)
-        return b
+    cdef int push(self, object value, object key, object group, int64_t t) except -1:
+        self.processed += 1
+        return self.next.push(value, self.key, self.boxed_group, t)
 
 
 cdef class EventTimeOp(Op):
@@ -333,26 +344,35 @@ cdef class EventTimeOp(Op):
         ([5, 1000000000, 3], 1000000000)
     """
 
-    key_mode = NEW_TIMES
     cdef readonly int64_t high
 
     def __init__(self, str name, fn, errors):
         Op.__init__(self, name, fn, errors)
         self.bad_input_kind = "event_time"
+        self.times_effect = NEW
         self.high = NO_WATERMARK
 
-    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
-        cdef int64_t t = event_time_ns(self.fn(value))
+    cdef int push(self, object value, object key, object group, int64_t t) except -1:
+        self.processed += 1
+        cdef int overflow = 1
+        result = call_user(self, value)
+        if result is SKIPPED:
+            return 0
+        if type(result) is int:
+            t = PyLong_AsLongLongAndOverflow(result, &overflow)
+        if overflow or not -EVENT_TIME_LIMIT < t < EVENT_TIME_LIMIT:
+            try:  # a datetime, or something wrong
+                t = event_time_ns(result)
+            except Exception as exc:
+                return self.failed(value, exc)
         if t > self.high:
             self.high = t
-        out.emit_timed(value, i, t)
-        return 0
+        return self.next.push(value, key, group, t)
 
-    cdef Batch run(self, Batch batch):
-        cdef Batch b = Op.run(self, batch)
-        if self.high > b.watermark:
-            b.watermark = self.high
-        return b
+    cdef int finish_batch(self, Batch out) except -1:
+        if self.high > out.watermark:
+            out.watermark = self.high
+        return 0
 
 
 cdef int64_t event_time_ns(object t) except? -1:
@@ -398,19 +418,27 @@ cdef class StateOp(Op):
         self.multi = multi
         self.states = {}
 
-    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
-        cdef Batch src = out.source
-        key = src.key if src.keys is None else src.keys[i]
+    cdef int push(self, object value, object key, object group, int64_t t) except -1:
+        cdef PyObject *args[2]
+        self.processed += 1
         state = self.states.get(key)
         if state is None:
-            state = self.factory()
+            try:
+                state = self.factory()
+            except Exception as exc:
+                return self.failed(value, exc)
             self.states[key] = state
-        r = self.fn(value, state)
-        if r is not None:
-            if self.multi:
-                out.emit_all(r, i, self.name)
-            else:
-                out.emit(r, i)
+        args[0] = <PyObject *>value
+        args[1] = <PyObject *>state
+        cdef PyObject *r = PyObject_Vectorcall(self.fn, args, 2, NULL)
+        if r == NULL:
+            return self.caught(value)
+        result = <object>r
+        Py_XDECREF(r)
+        if self.multi:
+            return push_each(self, value, result, key, group, t)
+        if result is not None:
+            return self.next.push(result, key, group, t)
         return 0
 
 
@@ -425,23 +453,72 @@ cdef class EncodeOp(Op):
         [b'1\\n', b'2\\n']
     """
 
-    key_mode = DROP_KEYS
+    def __init__(self, str name, fn, errors):
+        Op.__init__(self, name, fn, errors)
+        self.keys_effect = DROP
+        self.times_effect = DROP
 
-    cdef int apply(self, object value, Py_ssize_t i, Output out) except -1:
-        r = self.fn(value)
-        if type(r) is bytes:
-            out.values.append(r)
-        elif type(r) is str:
-            out.values.append((<str>r).encode("utf-8"))
-        elif r is None:
+    cdef int push(self, object value, object key, object group, int64_t t) except -1:
+        self.processed += 1
+        result = call_user(self, value)
+        if result is SKIPPED:
+            return 0
+        if type(result) is bytes:
             pass
-        elif isinstance(r, (bytes, bytearray, memoryview)):
-            out.values.append(bytes(r))
-        elif isinstance(r, str):
-            out.values.append(str(r).encode("utf-8"))
+        elif type(result) is str:
+            result = (<str>result).encode("utf-8")
+        elif result is None:
+            return 0
+        elif isinstance(result, (bytes, bytearray, memoryview)):
+            result = bytes(result)
+        elif isinstance(result, str):
+            result = str(result).encode("utf-8")
         else:
-            raise TypeError(f"encoder {self.name!r} returned {type(r).__name__} ({r!r:.60}); "
-                            f"an encoder must return bytes, str or None")
+            return self.failed(value, TypeError(
+                f"encoder {self.name!r} returned {type(result).__name__} ({result!r:.60}); an "
+                f"encoder must return bytes, str or None"))
+        return self.next.push(result, key, group, t)
+
+
+cdef int push_each(Op op, object value, object results, object key, object group,
+                   int64_t t) except -1:
+    """The *_multi contract: push each non-None item of a list or tuple; None pushes nothing;
+    anything else is the stage's error."""
+    if results is None:
+        return 0
+    if type(results) is not list and type(results) is not tuple:
+        return op.failed(value, TypeError(
+            f"{op.name} must return a list (or None), not {type(results).__name__}"))
+    for item in results:
+        if item is not None:
+            op.next.push(item, key, group, t)
+    return 0
+
+
+@cython.final
+cdef class Collector(Op):
+    """The end of a chain: gathers what the last op pushes into the chain's output batch."""
+
+    def __init__(self):
+        Op.__init__(self, "collector", None, None)
+
+    cdef begin(self, bint track_keys, bint track_times):
+        self.values = []
+        self.track_keys = track_keys
+        self.track_times = track_times
+        if track_keys:
+            self.keys = []
+            self.groups = []
+        if track_times:
+            self.times = []
+
+    cdef int push(self, object value, object key, object group, int64_t t) except -1:
+        self.values.append(value)
+        if self.track_keys:
+            self.keys.append(key)
+            self.groups.append(group)
+        if self.track_times:
+            self.times.append(t)
         return 0
 
 
@@ -454,15 +531,32 @@ cdef class Chain:
         ...     def __init__(self): self.got = []
         ...     def push(self, batch): self.got.extend(batch.values)
         >>> keep = Keep()
-        >>> Chain([FlatMapOp("split", str.split, None)], [keep]).push(Batch(["a b"]))
+        >>> Chain([FlatMapOp("split", str.split, None), MapOp("up", str.upper, None)],
+        ...       [keep]).push(Batch(["a b"]))
         >>> keep.got
-        ['a', 'b']
+        ['A', 'B']
     """
 
     def __init__(self, list ops, list outputs=None):
+        cdef Op op
+        cdef Py_ssize_t i
         self.ops = ops
         self.outputs = outputs if outputs is not None else []
         self.watermark_outputs = []
+        self.collector = Collector()
+        self.head = ops[0] if ops else None
+        self.keys_effect = KEEP
+        self.times_effect = KEEP
+        for i in range(len(ops)):
+            op = ops[i]
+            op.next = ops[i + 1] if i + 1 < len(ops) else self.collector
+            if op.keys_effect != KEEP:
+                self.keys_effect = op.keys_effect
+                if op.keys_effect == CONSTANT:
+                    self.constant_key = (<ConstantKeyOp>op).key
+                    self.constant_group = (<ConstantKeyOp>op).group
+            if op.times_effect != KEEP:
+                self.times_effect = op.times_effect
 
     def add_output(self, output, bint wants_watermarks=False):
         """Send this chain's results to ``output`` too (a Chain or a sink with ``push``);
@@ -476,27 +570,65 @@ cdef class Chain:
         """Whether an op of this chain or anything after it uses watermarks."""
         return bool(self.watermark_outputs) or any((<Op>op).sees_watermarks for op in self.ops)
 
+    cpdef Batch run(self, Batch batch):
+        """Carry the batch through every op; the batch that comes out."""
+        if self.head is None:
+            return batch
+        self.collector.begin(
+            self.keys_effect == NEW or (self.keys_effect == KEEP and batch.keys is not None),
+            self.times_effect == NEW or (self.times_effect == KEEP and batch.event_times is not None))
+        if batch.values or self.head.sees_watermarks:
+            self.head.consume(batch)
+        return self.finish(batch)
+
+    cdef Batch finish(self, Batch source):
+        cdef Collector c = self.collector
+        cdef Batch b = Batch.__new__(Batch)
+        cdef Op op
+        b.values = c.values
+        b.keys = c.keys if c.track_keys else None
+        b.groups = c.groups if c.track_keys else None
+        b.event_times = c.times if c.track_times else None
+        if self.keys_effect == CONSTANT:
+            b.key = self.constant_key
+            b.group = self.constant_group
+        elif self.keys_effect == NEW:
+            b.key = None
+            b.group = 0
+        else:
+            b.key = source.key
+            b.group = source.group
+        b.ingest_ns = source.ingest_ns
+        b.origin = source.origin
+        b.watermark = source.watermark
+        c.values = c.keys = c.groups = c.times = None
+        for op in self.ops:
+            op.finish_batch(b)
+        return b
+
     cpdef push(self, Batch batch):
         """Run the batch through every op, then through every output."""
-        self._run(batch, 0)
+        self.forward(self.run(batch))
 
-    def tick(self, now_ns):
+    cdef forward(self, Batch out):
+        if out.values:
+            for target in self.outputs:
+                target.push(out)
+        elif out.watermark != NO_WATERMARK:
+            for target in self.watermark_outputs:
+                target.push(out)
+
+    def tick(self, now_ns=None):
         """Let the chain's first op act on the passing of time (a window firing on an idle
-        input, or a count window's timeout), and send on what it emits."""
-        batch = self.ops[0].tick(now_ns)
-        if batch is not None:
-            self._run(batch, 1)
-
-    cdef _run(self, Batch batch, Py_ssize_t start):
-        cdef Op op
-        cdef Py_ssize_t i
-        for i in range(start, len(self.ops)):
-            op = self.ops[i]
-            if batch.values or op.sees_watermarks:
-                batch = op.run(batch)
-        if batch.values:
-            for out in self.outputs:
-                out.push(batch)
-        elif batch.watermark != NO_WATERMARK:
-            for out in self.watermark_outputs:
-                out.push(batch)
+        input, or a count window's timeout) and send on what it emits; that batch, or None."""
+        cdef int64_t now = time.monotonic_ns() if now_ns is None else now_ns
+        cdef Batch source = Batch([], ingest_ns=time.time_ns())
+        if self.head is None:
+            return None
+        self.collector.begin(self.keys_effect == NEW, self.times_effect == NEW)
+        moved = self.head.time_passes(now)
+        out = self.finish(source)
+        if not out.values and not moved:
+            return None
+        self.forward(out)
+        return out

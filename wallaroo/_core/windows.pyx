@@ -28,8 +28,9 @@ cimport cython
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.stdint cimport int64_t
 from wallaroo._core.chain cimport (
-    Batch, Op, Output, DURATION_LIMIT, END_OF_INPUT, NO_WATERMARK,
+    Batch, Op, DURATION_LIMIT, END_OF_INPUT, NEW, NO_WATERMARK,
 )
+from wallaroo._core.chain import StopBatch
 
 import bisect
 import heapq
@@ -42,7 +43,6 @@ log = logging.getLogger("wallaroo")
 cdef int64_t EVERYTHING = END_OF_INPUT + 2 * DURATION_LIMIT
 
 cdef enum:
-    NEW_KEYS_AND_TIMES = 4
     DROP = 0
     FIRE_PER_MESSAGE = 1
     PLACE_IN_OLDEST = 2
@@ -84,8 +84,7 @@ cdef class WindowOp(Op):
     cdef int64_t frontier           # windows ending at or before this have fired
     cdef readonly unsigned long long late
     cdef public object origin
-    cdef bint failed
-    cdef Output out
+    cdef bint stopped
 
     def __cinit__(self, *args, **kwargs):
         self.input_marks = NULL
@@ -94,6 +93,8 @@ cdef class WindowOp(Op):
     def __init__(self, str name, agg, bint with_window, errors, list inputs, int64_t idle_ns):
         Op.__init__(self, name, None, errors)
         self.sees_watermarks = True
+        self.keys_effect = NEW
+        self.times_effect = NEW
         self.agg = agg
         self.initial = agg.initial_accumulator
         self.update = agg.update
@@ -116,7 +117,7 @@ cdef class WindowOp(Op):
         self.frontier = NO_WATERMARK
         self.late = 0
         self.origin = name
-        self.failed = False
+        self.stopped = False
 
     def __dealloc__(self):
         PyMem_Free(self.input_marks)
@@ -182,63 +183,57 @@ cdef class WindowOp(Op):
 
     # -- the per-message loop -----------------------------------------------------------------
 
-    cdef Batch run(self, Batch batch):
+    cdef int consume(self, Batch batch) except -1:
         cdef list values = batch.values
         cdef list keys = batch.keys
         cdef list groups = batch.groups
         cdef list times = batch.event_times
         cdef Py_ssize_t i = 0, n = len(values)
         cdef int64_t t, now = time.monotonic_ns()
-        cdef Output out = Output(batch, NEW_KEYS_AND_TIMES)
         idx = self.input_index.get(batch.origin)
         if idx is None:
             raise ValueError(f"window {self.name!r} got a batch from {batch.origin!r}, which "
                              f"is not one of its inputs {list(self.input_index)}")
         cdef Py_ssize_t input_i = idx
         self.last_heard[input_i] = now
-        self.out = out
-        while i < n and not self.failed:
-            try:
-                while i < n and not self.failed:
-                    t = batch.ingest_ns if times is None else times[i]
-                    if keys is None:
-                        self.place(batch.key, batch.group, t, values[i], now)
-                    else:
-                        self.place(keys[i], groups[i], t, values[i], now)
-                    self.raise_input(input_i, t, now)
+        try:
+            while i < n and not self.stopped:
+                try:
+                    while i < n and not self.stopped:
+                        t = batch.ingest_ns if times is None else times[i]
+                        if keys is None:
+                            self.place(batch.key, batch.group, t, values[i], now)
+                        else:
+                            self.place(keys[i], groups[i], t, values[i], now)
+                        self.raise_input(input_i, t, now)
+                        i += 1
+                except Exception as exc:
+                    if not self.errors.user_error(self.name, values[i], exc):
+                        self.stopped = True
                     i += 1
-            except Exception as exc:
-                if not self.errors.user_error(self.name, values[i], exc):
-                    self.failed = True
-                i += 1
-        if batch.watermark != NO_WATERMARK and not self.failed:
-            self.raise_input(input_i, batch.watermark, now)
-        if self.n_inputs > 1:
-            self.refresh(now)
+            if batch.watermark != NO_WATERMARK and not self.stopped:
+                self.raise_input(input_i, batch.watermark, now)
+            if self.n_inputs > 1:
+                self.refresh(now)
+        except StopBatch:  # a stage after the window stopped the run
+            self.stopped = True
         self.processed += n
-        return self.finish(out)
+        return 0
 
-    cdef Batch finish(self, Output out):
-        cdef Batch b = out.batch()
-        b.key = None
-        b.origin = self.origin
-        b.watermark = self.output_mark()
-        self.out = None
-        return b
+    cdef int finish_batch(self, Batch out) except -1:
+        out.origin = self.origin
+        out.watermark = self.output_mark()
+        return 0
 
-    def tick(self, now_ns=None):
-        """React to the passing of time; a batch of what fired (or None)."""
-        cdef int64_t now = time.monotonic_ns() if now_ns is None else now_ns
+    cdef bint time_passes(self, int64_t now) except -1:
         cdef int64_t before = self.watermark
-        cdef Output out = Output(Batch([], ingest_ns=time.time_ns()), NEW_KEYS_AND_TIMES)
-        self.out = out
-        if not self.failed:
-            self.refresh(now)
-            self.on_tick(now)
-        if not out.values and self.watermark == before:
-            self.out = None
-            return None
-        return self.finish(out)
+        if not self.stopped:
+            try:
+                self.refresh(now)
+                self.on_tick(now)
+            except StopBatch:
+                self.stopped = True
+        return self.watermark != before
 
     # -- what each kind of window defines ---------------------------------------------------
 
@@ -275,10 +270,10 @@ cdef class WindowOp(Op):
                 r = self.output(key, acc)
         except Exception as exc:
             if not self.errors.user_error(self.name, (key, (start, end)), exc):
-                self.failed = True
+                self.stopped = True
             return 0
         if r is not None:
-            self.out.emit_new(r, key, group, event_time)
+            self.next.push(r, key, group, event_time)
         return 0
 
     cdef int fire_alone(self, object key, object group, object value, int64_t start,
@@ -393,7 +388,7 @@ cdef class RangeWindowOp(WindowOp):
     cdef int advance(self) except -1:
         cdef int64_t frontier = self.frontier, pane, window, first, start
         cdef int64_t per_window = self.range_ns // self.pane
-        while self.live_panes and not self.failed:
+        while self.live_panes and not self.stopped:
             pane = self.live_panes[0]
             # the first window holding this pane that has not fired yet
             first = floor_div(pane * self.pane - self.range_ns, self.slide) + 1
@@ -434,7 +429,7 @@ cdef class RangeWindowOp(WindowOp):
                         acc = self.combine(acc, part)
             except Exception as exc:  # this key's window is lost; the others still fire
                 if not self.errors.user_error(self.name, (key, (start, end)), exc):
-                    self.failed = True
+                    self.stopped = True
                     return 0
                 continue
             self.emit(key, group, acc, start, end, end - 1)
@@ -596,7 +591,7 @@ cdef class SessionWindowOp(WindowOp):
 
     cdef int advance(self) except -1:
         cdef int64_t frontier = self.frontier
-        while self.due and self.due[0][0] <= frontier and not self.failed:
+        while self.due and self.due[0][0] <= frontier and not self.stopped:
             end, _, key = heapq.heappop(self.due)
             if self.scheduled.get(key) != end:
                 continue  # a stale entry: the key was rescheduled earlier
@@ -687,13 +682,13 @@ cdef class CountWindowOp(WindowOp):
 
     cdef int advance(self) except -1:
         if self.watermark >= END_OF_INPUT:
-            while self.open_windows and not self.failed:
+            while self.open_windows and not self.stopped:
                 key = next(iter(self.open_windows))
                 self.emit_window(key, self.open_windows.pop(key))
         return 0
 
     cdef int on_tick(self, int64_t now) except -1:
-        while self.open_windows and not self.failed:
+        while self.open_windows and not self.stopped:
             key = next(iter(self.open_windows))
             window = self.open_windows[key]
             if now - <int64_t>window[4] < self.timeout_ns:
