@@ -261,3 +261,128 @@ class TestAggregationErrors:
 
         with pytest.raises(StageFailed, match=aggregation.__name__):
             self.run(aggregation, "fail")
+
+
+def pipeline_run(first, second, messages, on_error="fail"):
+    """source (event time m[1]) -> key_by m[0] -> value m[2] -> first -> second -> memory."""
+    p = (wallaroo.source("in", wallaroo.IterSourceConfig("in", []), event_time=lambda m: m[1])
+         .key_by(lambda m: m[0]).to(wallaroo.computation(name="v")(lambda m: m[2]))
+         .to(first))
+    if second is not None:
+        p = p.to(second)
+    p = p.to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str)))
+    return wallaroo.testing.run(wallaroo.build_application("chained", p), {"in": messages},
+                                on_error=on_error)[0]
+
+
+class TestChainedWindows:
+    """A window after a window: the first one's outputs come in no event-time order (sessions
+    of different keys, count windows), and none of them may be taken for late data."""
+
+    def test_sessions_then_a_range_window_lose_nothing(self):
+        messages = [("K", 0, 1), ("L", 20, 1), ("K", 40, 1), ("L", 20, 1), ("K", 80, 1)]
+        out = pipeline_run(wallaroo.session_windows(50).over(CollectWindow),
+                           wallaroo.range_windows(20).over(CollectWindow), messages)
+        sessions = [item for _, _, items in out for item in items]
+        assert sorted(sessions) == [("K", (0, 130), [1, 1, 1]), ("L", (20, 70), [1, 1])]
+
+    def test_count_windows_then_a_range_window_lose_nothing(self):
+        messages = [("A", 0, 1), ("B", 10, 2), ("A", 100, 3)]
+        out = pipeline_run(wallaroo.count_windows(5).over(CollectWindow),
+                           wallaroo.range_windows(20).over(CollectWindow), messages)
+        counts = sorted(item for _, _, items in out for item in items)
+        assert counts == [("A", (0, 101), [1, 3]), ("B", (10, 11), [2])]
+
+
+class TestFailuresAndWindows:
+    def test_a_failed_run_does_not_fire_open_windows(self):
+        from wallaroo.errors import StageFailed
+
+        def check(v):
+            if v == "bad":
+                raise ValueError("boom")
+            return v
+
+        source = wallaroo.IterSourceConfig("in", ["ok", "fine", "bad", "late"])
+        p = (wallaroo.source("in", source, event_time=lambda v: 1)
+             .to(wallaroo.computation(name="check")(check))
+             .to(wallaroo.range_windows(10).over(CollectWindow))
+             .to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str))))
+        worker = Worker(wallaroo.build_application("fails", p), RunOptions())
+        result = asyncio.run(worker.run())
+        assert isinstance(result.failure, StageFailed) and result.ingested == 4
+        assert worker.sink_probes[0].messages == 0  # the window holding "ok", "fine" never fired
+
+    @pytest.mark.parametrize("window", [
+        wallaroo.range_windows(10).over(CollectWindow),
+        wallaroo.range_windows(10).with_slide(5).over(CollectWindow),
+        wallaroo.session_windows(5).over(CollectWindow),
+        wallaroo.count_windows(2).over(CollectWindow),
+    ], ids=["tumbling", "sliding", "session", "count"])
+    def test_a_skipped_update_leaves_no_window_behind(self, window):
+        class Picky(CollectWindow):
+            def update(self, data, acc):
+                if data == "bad":
+                    raise ValueError("bad value")
+                acc.append(data)
+
+        spec = type(window)(window.kind, window.params, Picky(), "picky")
+        out = pipeline_run(spec, None, [("x", 1, "bad"), ("y", 2, "ok")], on_error="skip")
+        assert [(key, values) for key, _, values in out if key == "x"] == []
+        assert {key for key, _, _ in out} == {"y"}
+
+    def test_under_fail_no_output_follows_a_failing_output(self):
+        class Fussy(CollectWindow):
+            def output(self, key, acc, window):
+                if key == "b":
+                    raise ValueError("no b")
+                return super().output(key, acc, window)
+
+        op = RangeWindowOp("w", Fussy(), True, ErrorPolicy("fail"), [0], SECOND, 10, 10, 0,
+                           "drop")
+        b = Batch([1, 2, 3, 4], keys=["a", "b", "c", "d"], groups=[0] * 4,
+                  event_times=[1, 2, 3, 20], origin=0)
+        assert [key for key, _, _ in op.process(b).values] == ["a"]
+
+
+class TestWatermarkCorners:
+    def test_an_ended_input_and_a_silent_one_still_move_on(self):
+        op = tumbling([0, 1], idle_ns=SECOND // 10)
+        op.process(batch([1], [5], origin=0))
+        op.process(batch([], [], origin=0, watermark=WATERMARK_END_OF_INPUT))
+        fired = op.tick(time.monotonic_ns() + SECOND)  # input 1 never said anything: idle
+        assert fired is not None and fired.values == [("k", (0, 10), [1])]
+
+    def test_windows_near_the_earliest_event_time_all_fire(self):
+        from wallaroo._core.chain import EVENT_TIME_BOUND
+
+        t = -EVENT_TIME_BOUND + 1
+        op = RangeWindowOp("w", CollectWindow(), True, ErrorPolicy("fail"), [0], SECOND, 100,
+                           10, 0, "drop")
+        op.process(batch([1], [t], origin=0))
+        out = op.process(batch([], [], origin=0, watermark=WATERMARK_END_OF_INPUT)).values
+        assert len(out) == 10 and all(start <= t < end for _, (start, end), _ in out)
+
+    def test_restored_panes_whose_windows_fired_here_are_counted_late(self):
+        ahead = tumbling([0])
+        ahead.process(batch([1], [50], origin=0))
+        behind = tumbling([0])
+        behind.process(batch([2], [3], origin=0, key="moving"))
+        ahead.restore_state("moving", behind.take_state("moving"))
+        assert ahead.late == 1 and ahead.keys == ["k"]
+
+    def test_message_indexes_outside_a_batch_are_an_error(self):
+        b = Batch([1, 2], key="k")
+        for i in (-1, 2, 10**6):
+            with pytest.raises(IndexError, match="not in this batch"):
+                b.event_time_of(i)
+            with pytest.raises(IndexError, match="not in this batch"):
+                b.key_of(i)
+
+    def test_an_idle_timeout_beyond_a_year_is_refused(self):
+        from wallaroo.errors import WallarooParameterError
+
+        p = wallaroo.source("in", wallaroo.IterSourceConfig("in", [1])).to_sink(
+            wallaroo.StdoutSinkConfig(wallaroo.encoder(str)))
+        with pytest.raises(WallarooParameterError, match="idle timeout"):
+            Worker(wallaroo.build_application("a", p), RunOptions(idle_timeout=1e10))

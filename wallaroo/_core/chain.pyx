@@ -87,11 +87,17 @@ cdef class Batch:
 
     def key_of(self, Py_ssize_t i):
         """The key of message ``i``."""
+        self._check_index(i)
         return self.key if self.keys is None else self.keys[i]
 
     def event_time_of(self, Py_ssize_t i):
         """The event time of message ``i`` (nanoseconds)."""
+        self._check_index(i)
         return self.ingest_ns if self.event_times is None else self.event_times[i]
+
+    def _check_index(self, Py_ssize_t i):
+        if not 0 <= i < len(self.values):  # the module is compiled without bounds checks
+            raise IndexError(f"message {i} is not in this batch of {len(self.values)}")
 
     def __repr__(self):
         return f"<Batch of {len(self.values)}>"

@@ -63,8 +63,8 @@ cdef class WindowOp(Op):
     """What every window op shares: inputs and watermarks, the per-message loop, firing.
 
     ``agg`` is the Aggregation instance; ``with_window`` says whether its ``output`` takes the
-    window; ``inputs`` lists the origins whose batches reach this op; ``idle_ns`` is the idle
-    timeout. ``late`` counts late messages dropped; ``origin`` is what this op's own output
+    window; ``inputs`` lists the origins whose batches reach this op, ``window_inputs`` those of
+    them that are windows; ``idle_ns`` is the idle timeout. ``late`` counts late messages dropped; ``origin`` is what this op's own output
     batches are marked with (its name unless set).
     """
 
@@ -78,6 +78,9 @@ cdef class WindowOp(Op):
     cdef Py_ssize_t n_inputs
     cdef int64_t *input_marks
     cdef int64_t *last_heard
+    cdef char *marks_each_message   # 1: each message's event time raises the input's watermark
+    cdef int64_t highest_seen       # the highest watermark any input gave before it ended
+    cdef int64_t promised           # the highest watermark this op has sent on (not the end)
     cdef int64_t idle_ns
     cdef int64_t delay
     cdef readonly int64_t watermark
@@ -89,8 +92,10 @@ cdef class WindowOp(Op):
     def __cinit__(self, *args, **kwargs):
         self.input_marks = NULL
         self.last_heard = NULL
+        self.marks_each_message = NULL
 
-    def __init__(self, str name, agg, bint with_window, errors, list inputs, int64_t idle_ns):
+    def __init__(self, str name, agg, bint with_window, errors, list inputs, int64_t idle_ns,
+                 window_inputs=()):
         Op.__init__(self, name, None, errors)
         self.sees_watermarks = True
         self.keys_effect = NEW
@@ -105,12 +110,20 @@ cdef class WindowOp(Op):
         self.n_inputs = len(inputs)
         self.input_marks = <int64_t *>PyMem_Malloc(max(1, self.n_inputs) * sizeof(int64_t))
         self.last_heard = <int64_t *>PyMem_Malloc(max(1, self.n_inputs) * sizeof(int64_t))
-        if self.input_marks == NULL or self.last_heard == NULL:
+        self.marks_each_message = <char *>PyMem_Malloc(max(1, self.n_inputs))
+        if (self.input_marks == NULL or self.last_heard == NULL
+                or self.marks_each_message == NULL):
             raise MemoryError()
         cdef int64_t now = time.monotonic_ns()
-        for i in range(self.n_inputs):
+        for i, origin in enumerate(inputs):
             self.input_marks[i] = NO_WATERMARK
             self.last_heard[i] = now
+            # a source's watermark is its highest event time so far, message by message; the
+            # outputs of a window upstream come in no event-time order, so from a window only
+            # its in-band watermark counts
+            self.marks_each_message[i] = origin not in window_inputs
+        self.highest_seen = NO_WATERMARK
+        self.promised = NO_WATERMARK
         self.idle_ns = idle_ns
         self.delay = 0
         self.watermark = NO_WATERMARK
@@ -122,33 +135,31 @@ cdef class WindowOp(Op):
     def __dealloc__(self):
         PyMem_Free(self.input_marks)
         PyMem_Free(self.last_heard)
+        PyMem_Free(self.marks_each_message)
 
     # -- watermarks ------------------------------------------------------------------------
 
     cdef int64_t combined_mark(self, int64_t now):
-        """The minimum over live inputs; with none live, the clock-driven idle watermark."""
+        """The minimum over live inputs (END_OF_INPUT once all have ended); when every input
+        still open is idle, the highest watermark seen plus the time since any was heard."""
         cdef Py_ssize_t i
-        cdef int64_t low = END_OF_INPUT, high = NO_WATERMARK, heard = 0
-        cdef bint any_live = False, any_idle = False
+        cdef int64_t low = END_OF_INPUT, heard = 0
+        cdef bint any_live = False, any_open = False
         for i in range(self.n_inputs):
-            mark = self.input_marks[i]
-            if mark >= END_OF_INPUT:
+            if self.last_heard[i] > heard:
+                heard = self.last_heard[i]
+            if self.input_marks[i] >= END_OF_INPUT:
                 continue
+            any_open = True
             if now - self.last_heard[i] < self.idle_ns:
                 any_live = True
-                if mark < low:
-                    low = mark
-            else:
-                any_idle = True
-                if mark > high:
-                    high = mark
-                if self.last_heard[i] > heard:
-                    heard = self.last_heard[i]
-        if any_live or not any_idle:
+                if self.input_marks[i] < low:
+                    low = self.input_marks[i]
+        if any_live or not any_open:
             return low
-        if high == NO_WATERMARK:
+        if self.highest_seen == NO_WATERMARK:
             return NO_WATERMARK
-        return min(high + (now - heard), END_OF_INPUT - 1)
+        return min(self.highest_seen + max(now - heard, 0), END_OF_INPUT - 1)
 
     cdef int raise_input(self, Py_ssize_t i, int64_t mark, int64_t now) except -1:
         """Input ``i`` promises ``mark``: move the op's watermark and fire what is due."""
@@ -156,6 +167,8 @@ cdef class WindowOp(Op):
         if mark <= self.input_marks[i]:
             return 0
         self.input_marks[i] = mark
+        if mark < END_OF_INPUT and mark > self.highest_seen:
+            self.highest_seen = mark
         if self.n_inputs == 1:
             combined = mark
         else:
@@ -205,7 +218,8 @@ cdef class WindowOp(Op):
                             self.place(batch.key, batch.group, t, values[i], now)
                         else:
                             self.place(keys[i], groups[i], t, values[i], now)
-                        self.raise_input(input_i, t, now)
+                        if self.marks_each_message[input_i]:
+                            self.raise_input(input_i, t, now)
                         i += 1
                 except Exception as exc:
                     if not self.errors.user_error(self.name, values[i], exc):
@@ -223,6 +237,8 @@ cdef class WindowOp(Op):
     cdef int finish_batch(self, Batch out) except -1:
         out.origin = self.origin
         out.watermark = self.output_mark()
+        if self.promised < out.watermark < END_OF_INPUT:
+            self.promised = out.watermark
         return 0
 
     cdef bint time_passes(self, int64_t now) except -1:
@@ -324,8 +340,8 @@ cdef class RangeWindowOp(WindowOp):
     cdef int64_t next_window    # no window before this index is still to fire
 
     def __init__(self, str name, agg, bint with_window, errors, list inputs, int64_t idle_ns,
-                 int64_t range_ns, int64_t slide, int64_t delay, str policy):
-        WindowOp.__init__(self, name, agg, with_window, errors, inputs, idle_ns)
+                 int64_t range_ns, int64_t slide, int64_t delay, str policy, window_inputs=()):
+        WindowOp.__init__(self, name, agg, with_window, errors, inputs, idle_ns, window_inputs)
         self.range_ns = range_ns
         self.slide = slide
         self.pane = _gcd(range_ns, slide)
@@ -334,7 +350,8 @@ cdef class RangeWindowOp(WindowOp):
         self.panes_of_key = {}
         self.keys_of_pane = {}
         self.live_panes = []
-        self.next_window = floor_div(NO_WATERMARK, slide)
+        # no window has fired yet: not even one reaching back before the earliest event time
+        self.next_window = floor_div(NO_WATERMARK - range_ns, slide)
 
     @property
     def keys(self):
@@ -359,31 +376,34 @@ cdef class RangeWindowOp(WindowOp):
         return 0
 
     cdef inline int add(self, object key, object group, int64_t pane, object value) except -1:
-        self.update(value, self.pane_acc(key, group, pane, None))
-        return 0
+        panes = self.panes_of_key.get(key)
+        acc = None if panes is None else panes.get(pane)
+        if acc is not None:
+            self.update(value, acc)
+            return 0
+        acc = self.initial()
+        self.update(value, acc)  # if either raises, nothing is kept for this message
+        return self.new_pane(key, group, pane, acc)
 
-    cdef object pane_acc(self, object key, object group, int64_t pane, object adopted):
-        """The accumulator of ``key``'s pane, made (or ``adopted``) when the pane is new."""
+    cdef int new_pane(self, object key, object group, int64_t pane, object acc) except -1:
+        """Keep ``acc`` as ``key``'s pane (which must not exist yet)."""
         panes = self.panes_of_key.get(key)
         if panes is None:
             panes = {}
             self.panes_of_key[key] = panes
-        acc = panes.get(pane)
-        if acc is None:
-            acc = self.initial() if adopted is None else adopted
-            panes[pane] = acc
-            keys = self.keys_of_pane.get(pane)
-            if keys is None:
-                keys = {}
-                self.keys_of_pane[pane] = keys
-                if not self.live_panes or pane > self.live_panes[len(self.live_panes) - 1]:
-                    self.live_panes.append(pane)
-                else:
-                    bisect.insort(self.live_panes, pane)
-            keys[key] = group
-        elif adopted is not None:
+        if pane in panes:
             raise ValueError(f"window {self.name!r}: key {key!r} already has pane {pane}")
-        return acc
+        panes[pane] = acc
+        keys = self.keys_of_pane.get(pane)
+        if keys is None:
+            keys = {}
+            self.keys_of_pane[pane] = keys
+            if not self.live_panes or pane > self.live_panes[len(self.live_panes) - 1]:
+                self.live_panes.append(pane)
+            else:
+                bisect.insort(self.live_panes, pane)
+        keys[key] = group
+        return 0
 
     cdef int advance(self) except -1:
         cdef int64_t frontier = self.frontier, pane, window, first, start
@@ -405,34 +425,42 @@ cdef class RangeWindowOp(WindowOp):
         return 0
 
     cdef int fire(self, int64_t window, int64_t first_pane, int64_t per_window) except -1:
-        cdef int64_t start = window * self.slide, end = start + self.range_ns, p
-        cdef dict keys
+        """Emit window ``window`` for every key with data in it. Only panes that hold data are
+        visited: the live panes in the window, and each key's own panes, in time order."""
+        cdef int64_t start = window * self.slide, end = start + self.range_ns
+        cdef int64_t last_pane = first_pane + per_window
+        cdef dict keys = {}
+        cdef list panes_in_window = self.live_panes[
+            bisect.bisect_left(self.live_panes, first_pane):
+            bisect.bisect_left(self.live_panes, last_pane)]
         if per_window == 1:
-            keys = self.keys_of_pane.get(first_pane) or {}
-            for key, group in keys.items():
-                self.emit(key, group, self.panes_of_key[key][first_pane], start, end, end - 1)
+            for pane in panes_in_window:
+                for key, group in (<dict>self.keys_of_pane[pane]).items():
+                    self.emit(key, group, self.panes_of_key[key][pane], start, end, end - 1)
+                    if self.stopped:
+                        return 0
             return 0
-        keys = {}
-        for p in range(first_pane, first_pane + per_window):
-            found = self.keys_of_pane.get(p)
-            if found:
-                for key, group in (<dict>found).items():
-                    if key not in keys:
-                        keys[key] = group
+        for pane in panes_in_window:
+            for key, group in (<dict>self.keys_of_pane[pane]).items():
+                if key not in keys:
+                    keys[key] = group
         for key, group in keys.items():
             panes = <dict>self.panes_of_key[key]
             try:
                 acc = self.initial()
-                for p in range(first_pane, first_pane + per_window):
-                    part = panes.get(p)
-                    if part is not None:
-                        acc = self.combine(acc, part)
+                for pane in sorted(panes) if len(panes) < len(panes_in_window) else panes_in_window:
+                    if first_pane <= pane < last_pane:
+                        part = panes.get(pane)
+                        if part is not None:
+                            acc = self.combine(acc, part)
             except Exception as exc:  # this key's window is lost; the others still fire
                 if not self.errors.user_error(self.name, (key, (start, end)), exc):
                     self.stopped = True
                     return 0
                 continue
             self.emit(key, group, acc, start, end, end - 1)
+            if self.stopped:
+                return 0
         return 0
 
     def take_state(self, key):
@@ -465,16 +493,22 @@ cdef class RangeWindowOp(WindowOp):
         return (group, panes)
 
     def restore_state(self, key, state):
+        """Adopt the panes; those whose every window has already fired here (this op is ahead
+        of the one they come from) are counted as late and dropped."""
         group, panes = state
         for pane, acc in panes.items():
-            self.pane_acc(key, group, pane, acc)
-        return None
+            last = floor_div(pane * self.pane, self.slide)
+            if last * self.slide + self.range_ns <= self.frontier:
+                self.dropped_late(key, pane * self.pane)
+            else:
+                self.new_pane(key, group, pane, acc)
 
     cdef int free_panes_before(self, int64_t time) except -1:
         """Drop the panes whose every window has fired: those starting before ``time``."""
-        cdef int64_t pane
-        while self.live_panes and self.live_panes[0] * self.pane < time:
-            pane = self.live_panes.pop(0)
+        cdef Py_ssize_t cut = bisect.bisect_left(self.live_panes, floor_div(time - 1, self.pane) + 1)
+        freed = self.live_panes[:cut]
+        del self.live_panes[:cut]
+        for pane in freed:
             for key in self.keys_of_pane.pop(pane):
                 panes = <dict>self.panes_of_key[key]
                 del panes[pane]
@@ -512,8 +546,8 @@ cdef class SessionWindowOp(WindowOp):
     cdef unsigned long long sequence
 
     def __init__(self, str name, agg, bint with_window, errors, list inputs, int64_t idle_ns,
-                 int64_t gap, int64_t delay, str policy):
-        WindowOp.__init__(self, name, agg, with_window, errors, inputs, idle_ns)
+                 int64_t gap, int64_t delay, str policy, window_inputs=()):
+        WindowOp.__init__(self, name, agg, with_window, errors, inputs, idle_ns, window_inputs)
         self.gap = gap
         self.delay = delay
         self.policy = _POLICIES[policy]
@@ -545,7 +579,9 @@ cdef class SessionWindowOp(WindowOp):
                     self.update(value, sessions[0][2])
                     return 0
                 t = self.frontier
-            session = [t, t, self.initial(), group]
+            acc = self.initial()
+            self.update(value, acc)  # if either raises, nothing is kept for this message
+            session = [t, t, acc, group]
             if sessions is None:
                 sessions = []
                 self.sessions_of_key[key] = sessions
@@ -553,6 +589,7 @@ cdef class SessionWindowOp(WindowOp):
             sessions.sort(key=_first)
         else:
             session = joined[0]
+            self.update(value, session[2])  # first: if it raises, no session changes
             for other in joined[1:]:
                 merged = self.combine(session[2], other[2])  # may raise: change nothing before
                 session[0] = min(session[0], other[0])
@@ -563,7 +600,6 @@ cdef class SessionWindowOp(WindowOp):
                 session[0] = t
             if t > session[1]:
                 session[1] = t
-        self.update(value, session[2])
         self.schedule(key, sessions)
         return 0
 
@@ -638,8 +674,8 @@ cdef class CountWindowOp(WindowOp):
     cdef dict open_windows      # key -> [count, acc, first time, last time, started, group]
 
     def __init__(self, str name, agg, bint with_window, errors, list inputs, int64_t idle_ns,
-                 Py_ssize_t count, int64_t timeout_ns):
-        WindowOp.__init__(self, name, agg, with_window, errors, inputs, idle_ns)
+                 Py_ssize_t count, int64_t timeout_ns, window_inputs=()):
+        WindowOp.__init__(self, name, agg, with_window, errors, inputs, idle_ns, window_inputs)
         self.count = count
         self.timeout_ns = timeout_ns
         self.open_windows = {}
@@ -652,9 +688,12 @@ cdef class CountWindowOp(WindowOp):
     cdef int place(self, object key, object group, int64_t t, object value, int64_t now) except -1:
         cdef list window = self.open_windows.get(key)
         if window is None:
-            window = [0, self.initial(), t, t, now, group]
+            acc = self.initial()
+            self.update(value, acc)  # if either raises, nothing is kept for this message
+            window = [0, acc, t, t, now, group]
             self.open_windows[key] = window
-        self.update(value, window[1])
+        else:
+            self.update(value, window[1])
         window[0] += 1
         if t < <int64_t>window[2]:
             window[2] = t
@@ -678,7 +717,12 @@ cdef class CountWindowOp(WindowOp):
         self.open_windows[key] = window
 
     cdef int emit_window(self, object key, list window) except -1:
-        return self.emit(key, window[5], window[1], window[2], window[3] + 1, window[3])
+        """Emit a count window. Its event time is its last message's, or the watermark this op
+        has already sent on when that is later: count windows fill in no event-time order, and
+        an output must not fall behind that promise."""
+        cdef int64_t last = window[3]
+        return self.emit(key, window[5], window[1], window[2], last + 1,
+                         last if last > self.promised else self.promised)
 
     cdef int advance(self) except -1:
         if self.watermark >= END_OF_INPUT:

@@ -31,7 +31,7 @@ from wallaroo.api.helpers import tcp_parse_input_addrs, tcp_parse_output_addrs
 from wallaroo.api.pipeline import Application
 from wallaroo.errors import StageFailed, WallarooParameterError
 from wallaroo.runtime.errors import POLICIES
-from wallaroo.runtime.worker import RunOptions, StartupError, Worker
+from wallaroo.runtime.worker import MAX_IDLE_TIMEOUT, RunOptions, StartupError, Worker
 
 log = logging.getLogger("wallaroo")
 
@@ -233,8 +233,9 @@ def _options(flags: dict) -> RunOptions:
         raise UsageError(f"bad number: {exc}") from None
     if key_groups <= 0:
         raise UsageError("--key-groups must be a positive number")
-    if not idle_timeout > 0:
-        raise UsageError("--idle-timeout must be a positive number of seconds")
+    if not 0 < idle_timeout <= MAX_IDLE_TIMEOUT:
+        raise UsageError(f"--idle-timeout must be more than 0 and at most {MAX_IDLE_TIMEOUT:.0f} "
+                         f"seconds (a year)")
     return RunOptions(on_error=on_error, dead_letter=flags.get("dead_letter"),
                       key_groups=key_groups, flush_timeout=flush_timeout,
                       idle_timeout=idle_timeout, show_progress=not flags.get("no_progress"))
@@ -268,6 +269,7 @@ def write_stats(path: str, app_name: str, result, elapsed_s: float) -> None:
              "exit_code": result.exit_code,
              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
              "errors": {f"{stage}: {kind}": n for (stage, kind), n in result.error_counts.items()},
+             "late": result.late,
              "sinks": result.sinks}
     partial = f"{path}.partial"
     try:
@@ -349,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         write_stats(flags["stats_file"], app.name, result, time.monotonic() - started)
     for line in worker.errors.summary():
         log.warning("%s", line)
+    for window, late in result.late.items():
+        log.warning("window %r dropped %d late message(s): give it a delay (with_delay) or "
+                    "another late-data policy to keep them", window, late)
     if isinstance(result.failure, StageFailed):
         failure = result.failure
         sys.stderr.write(getattr(failure, "traceback_text", ""))

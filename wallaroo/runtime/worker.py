@@ -49,6 +49,8 @@ SOURCES = {"tcp": TCPSource, "file": FileSource, "gen": GenSource, "iter": IterS
 SINKS = {"tcp": TCPSink, "file": FileSink, "stdout": StdoutSink, "memory": CollectingSink}
 #: How often (seconds) ingest-time watermarks advance and windows check idle inputs and timeouts.
 TICK_SECONDS = 0.1
+#: The longest idle timeout (seconds) a run takes: a year.
+MAX_IDLE_TIMEOUT = 365 * 86400.0
 
 
 @dataclass
@@ -85,6 +87,7 @@ class RunResult:
     error_counts: dict = field(default_factory=dict)
     ingested: int = 0
     sinks: list = field(default_factory=list)
+    late: dict = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -144,9 +147,11 @@ class SourceContext:
         return self.worker.errors.user_error(stage, value, exc)
 
     def finished(self) -> None:
-        """A bounded source has read all of its input: its open windows can all fire."""
+        """A bounded source has read all of its input: its open windows can all fire (unless
+        the run is stopping because something failed)."""
         self.done = True
-        self.advance_watermark(WATERMARK_END_OF_INPUT)
+        if self.worker.failure is None:
+            self.advance_watermark(WATERMARK_END_OF_INPUT)
         self.worker._source_finished()
 
     def crash(self, exc: BaseException) -> None:
@@ -208,6 +213,10 @@ class Worker:
         if self.options.key_groups <= 0:
             raise WallarooParameterError(
                 f"key_groups must be a positive number, not {self.options.key_groups}")
+        if not 0 < self.options.idle_timeout <= MAX_IDLE_TIMEOUT:
+            raise WallarooParameterError(
+                f"the idle timeout must be more than 0 and at most {MAX_IDLE_TIMEOUT:.0f} "
+                f"seconds, not {self.options.idle_timeout}")
         self.plan = PhysicalPlan(app.graph)
         self.errors = ErrorPolicy(self.options.on_error, self.options.dead_letter,
                                   on_failure=self._on_failure)
@@ -299,18 +308,25 @@ class Worker:
 
     def _window_op(self, node: g.Node) -> WindowOp:
         spec, params = node.spec, node.spec.params
-        common = (node.name, spec.aggregation, spec.output_takes_window, self.errors,
-                  self.plan.watermark_inputs(node), int(self.options.idle_timeout * 1e9))
+        inputs = self.plan.watermark_inputs(node)
+        windows = [i for i in inputs if self.plan.graph.nodes[i].kind == g.WINDOW]
+        common = (node.name, spec.aggregation, spec.output_takes_window, self.errors, inputs,
+                  int(self.options.idle_timeout * 1e9))
         if spec.kind == "range":
             op = RangeWindowOp(*common, params["range"], params["slide"], params["delay"],
-                               params["late_data_policy"])
+                               params["late_data_policy"], window_inputs=windows)
         elif spec.kind == "session":
             op = SessionWindowOp(*common, params["gap"], params["delay"],
-                                 params["late_data_policy"])
+                                 params["late_data_policy"], window_inputs=windows)
         else:
-            op = CountWindowOp(*common, params["count"], params["timeout"])
+            op = CountWindowOp(*common, params["count"], params["timeout"], window_inputs=windows)
         op.origin = self.plan.origin(node)
         return op
+
+    def late_counts(self) -> dict[str, int]:
+        """Late messages each window dropped (only windows that dropped some)."""
+        return {chain.ops[0].name: chain.ops[0].late for chain in self._window_chains
+                if chain.ops[0].late}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -347,7 +363,7 @@ class Worker:
                 ticker.cancel()
             await self._shutdown()
         return RunResult(self.failure, self._undelivered, dict(self.errors.counts), self.ingested,
-                         [probe.report() for probe in self.sink_probes])
+                         [probe.report() for probe in self.sink_probes], self.late_counts())
 
     async def _shutdown(self) -> None:
         self.stopping = True
