@@ -22,7 +22,7 @@ from wallaroo import graph as g
 from wallaroo._core.chain import (
     Batch, Chain, ConstantKeyOp, DecodeOp, EncodeOp, FlatMapOp, KeyByOp, MapOp, StateOp,
 )
-from wallaroo._core.frames import FrameReader, FrameTooLarge, LineReader
+from wallaroo._core.frames import FrameReader, FrameTooLarge, LineReader, frame_all
 from wallaroo._core.hashing import key_group, normalize_key, stable_hash
 from wallaroo.plan import ChainSpec, PhysicalPlan
 
@@ -910,3 +910,29 @@ def test_plan_chain_spec_name():
     p = _src().to(_map("a")).to(_map("b")).to_sink(_sink())
     plan = PhysicalPlan(wallaroo.build_application("n", p).graph)
     assert plan.chains[0].name == "a -> b"
+
+
+# ------------------------------------------------------------------------------------------
+# frame_all: many frames built into one buffer
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=300), max_size=50),
+       st.sampled_from([(1, "B"), (2, ">H"), (2, "<H"), (4, ">I"), (4, "!I"), (4, "<I"),
+                        (8, ">Q"), (8, "<Q")]))
+def test_frame_all_equals_struct_framing_and_reads_back(payloads, header):
+    size, fmt = header
+    payloads = [p[:255] for p in payloads] if size == 1 else payloads
+    expected = b"".join(struct.pack(fmt, len(p)) + p for p in payloads)
+    framed = frame_all(payloads, size, fmt)
+    assert framed == expected
+    assert FrameReader(size, fmt).feed(framed) == payloads
+
+
+def test_frame_all_refuses_what_it_cannot_frame():
+    with pytest.raises(TypeError, match="frames bytes, not str"):
+        frame_all(["text"])
+    with pytest.raises(ValueError, match="does not fit a 1-byte header"):
+        frame_all([b"x" * 256], 1, "B")
+    with pytest.raises(ValueError, match="not one"):
+        frame_all([b"x"], 4, ">i")

@@ -14,6 +14,7 @@ Example::
     2
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcpy
 from libc.stdint cimport uint64_t
 from cpython.pyport cimport PY_SSIZE_T_MAX
 
@@ -173,6 +174,49 @@ cdef class FrameReader:
             self._buffer += chunk[pos:]
         self.frames += len(out)
         return out
+
+
+cdef inline void _write_uint(unsigned char* p, uint64_t v, int n, bint big) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        p[n - 1 - i if big else i] = v & 0xFF
+        v >>= 8
+
+
+def frame_all(payloads, int header_length=4, length_fmt=">I"):
+    """Frame every payload with its length header, all into one bytes buffer: what a sink
+    writes with one call. ``length_fmt`` is a big- or little-endian unsigned struct format of
+    ``header_length`` bytes (``>I``, ``<H``, ``B``, ...).
+
+    Example::
+
+        >>> frame_all([b"hi", b"", b"abc"])
+        b'\\x00\\x00\\x00\\x02hi\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x03abc'
+        >>> frame_all([b"x"], 2, "<H")
+        b'\\x01\\x00x'
+    """
+    cdef int code = _length_code(length_fmt, header_length)
+    if code == CALLBACK:
+        raise ValueError(f"frame_all writes big- or little-endian unsigned headers of "
+                         f"{header_length} bytes; {length_fmt!r} is not one")
+    cdef list parts = payloads if type(payloads) is list else list(payloads)
+    cdef Py_ssize_t total = 0, n, offset = 0
+    cdef uint64_t limit = (<uint64_t>1 << (8 * header_length)) - 1 if header_length < 8 else <uint64_t>-1
+    for part in parts:
+        if type(part) is not bytes:
+            raise TypeError(f"frame_all frames bytes, not {type(part).__name__}")
+        n = PyBytes_GET_SIZE(part)
+        if <uint64_t>n > limit:
+            raise ValueError(f"a payload of {n} bytes does not fit a {header_length}-byte header")
+        total += header_length + n
+    out = PyBytes_FromStringAndSize(NULL, total)
+    cdef unsigned char* buf = <unsigned char*>PyBytes_AS_STRING(out)
+    for part in parts:
+        n = PyBytes_GET_SIZE(part)
+        _write_uint(buf + offset, <uint64_t>n, header_length, code == BIG)
+        memcpy(buf + offset + header_length, PyBytes_AS_STRING(part), n)
+        offset += header_length + n
+    return out
 
 
 cdef int _length_code(object fmt, int header_length) except -1:
