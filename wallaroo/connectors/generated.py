@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+from itertools import islice
 
 from wallaroo.connectors.base import MAX_BATCH, Source
 
@@ -32,13 +33,12 @@ class _ProducerSource(Source):
         raise NotImplementedError
 
     async def _produce(self) -> None:
-        batch: list = []
         values = iter(self._values())
         while True:
+            batch: list = []
             try:
-                value = next(values)
-            except StopIteration:
-                break
+                # filled in C; on an exception, the values pulled before it stay in the batch
+                batch.extend(islice(values, MAX_BATCH))
             except Exception as exc:
                 # What was produced before the failure flows on; then the policy decides.
                 if batch:
@@ -46,15 +46,12 @@ class _ProducerSource(Source):
                 self.ctx.user_error(f"{self.ctx.name} {self.stage_kind}",
                                     batch[-1] if batch else None, exc)
                 return
-            batch.append(value)
-            if len(batch) >= MAX_BATCH:
-                if not self._emit(batch):
-                    return
-                batch = []
-                await asyncio.sleep(0)
-                await self.ctx.flow.wait_open()
-        if batch:
-            self._emit(batch)
+            if not batch:
+                return
+            if not self._emit(batch) or len(batch) < MAX_BATCH:
+                return
+            await asyncio.sleep(0)
+            await self.ctx.flow.wait_open()
 
     def _emit(self, batch: list) -> bool:
         self._count += len(batch)
