@@ -1,25 +1,36 @@
 """asv benchmarks: each workload through the engine and as a plain loop, and their ratio.
 
-Run with ``asv run`` (or ``asv run --python=same --quick`` against the installed package).
-Workloads are ``word_count``, ``stateless_chain`` and ``windowed_sum`` (tumbling event-time
-windows); a workload the installed engine cannot run yet is skipped, not failed.
+Run with ``asv run --python=same --quick`` (against the installed package; ``make bench`` does)
+or ``asv run`` (builds commits of main). Inputs are small (1/20 of the runner's sizes, 1/100
+for the end-to-end ones) so the suite takes a few minutes; ``python -m benchmarks.compare`` is
+the full runner. Workloads: word_count, keyed_sum, stateless_chain, market_spread,
+windowed_sum (see benchmarks/workloads.py). A workload the installed engine cannot run yet is
+skipped, not failed.
 """
+import tempfile
+from pathlib import Path
+
 from wallaroo.errors import NotSupportedYet
 
-from .workloads import SIZES, WORKLOADS
+from .workloads import WORKLOADS
+
+SMALL = 20
+KEYED = sorted(name for name, w in WORKLOADS.items() if w.keyed_inputs is not None)
 
 
-def _prepare(bench, name):
+def _prepare(bench, name, divide=SMALL):
     bench.work = WORKLOADS[name]
-    bench.values = bench.work.make_input(SIZES[name] // 4)
+    bench.inputs = bench.work.inputs(max(200, bench.work.size // divide))
+    part = {k: v[:100] for k, v in bench.inputs.items()}
     try:
-        bench.work.engine_outputs(bench.values[:100])
+        bench.work.check(bench.work.engine_outputs(part), bench.work.plain_outputs(part), part)
     except NotSupportedYet as exc:
         raise NotImplementedError(str(exc)) from exc  # asv: skip this parameter
 
 
 class Throughput:
-    """Seconds to push a workload's input through a worker, against the plain loop."""
+    """Seconds to push a workload's input through a worker (in-process), against the plain
+    loop over the same values."""
 
     params = sorted(WORKLOADS)
     param_names = ["workload"]
@@ -29,39 +40,79 @@ class Throughput:
         _prepare(self, name)
 
     def time_engine(self, name):
-        self.work.run_engine(self.values)
+        self.work.run_engine(self.inputs)
 
     def time_plain_loop(self, name):
-        self.work.run_plain(self.values)
+        self.work.run_plain(self.inputs)
 
     def track_engine_over_plain_speed(self, name):
         """How fast the engine is relative to the plain loop (higher is better; 1.0 = as fast)."""
-        engine = min(self.work.run_engine(self.values)[0] for _ in range(3))
-        plain = min(self.work.run_plain(self.values) for _ in range(3))
+        engine = min(self.work.run_engine(self.inputs)[0] for _ in range(3))
+        plain = min(self.work.run_plain(self.inputs)[0] for _ in range(3))
         return plain / engine
 
     track_engine_over_plain_speed.unit = "ratio"
 
 
 class Latency:
-    """Median and 99th-percentile batch latency (ingest to sink), in microseconds."""
+    """Median and 99th-percentile ingest-to-sink latency (in-process, flat out), from the
+    engine's own histogram, in microseconds."""
 
     params = sorted(WORKLOADS)
     param_names = ["workload"]
+    timeout = 300
 
     def setup(self, name):
         _prepare(self, name)
 
-    def _latencies(self):
-        return sorted(self.work.run_engine(self.values)[1])
-
     def track_p50_us(self, name):
-        lat = self._latencies()
-        return lat[len(lat) // 2] / 1e3
+        return self.work.run_engine(self.inputs)[1].percentile(0.5) / 1e3
 
     def track_p99_us(self, name):
-        lat = self._latencies()
-        return lat[min(len(lat) - 1, int(0.99 * len(lat)))] / 1e3
+        return self.work.run_engine(self.inputs)[1].percentile(0.99) / 1e3
 
     track_p50_us.unit = "us"
     track_p99_us.unit = "us"
+
+
+class EndToEnd:
+    """Engine/plain throughput ratio through ``wallaroo-run``: on files, and over TCP on
+    127.0.0.1 (median of 3 rounds each; see benchmarks/compare.py)."""
+
+    params = (["word_count", "keyed_sum"], ["files", "tcp"])
+    param_names = ["workload", "mode"]
+    timeout = 600
+    number = 1
+    repeat = 1
+
+    def setup(self, name, mode):
+        from .compare import Case
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="wallaroo-asv-")
+        self.case = Case(WORKLOADS[name], max(1000, WORKLOADS[name].size // 100),
+                         Path(self.tmp.name))
+
+    def teardown(self, name, mode):
+        self.tmp.cleanup()
+
+    def track_engine_over_plain_speed(self, name, mode):
+        from .compare import RUNNERS
+
+        return RUNNERS[mode](self.case, 3).ratio
+
+    track_engine_over_plain_speed.unit = "ratio"
+
+
+class StateMemory:
+    """Bytes of state per key (tracemalloc, runs with 2K and K keys; K = 20,000)."""
+
+    params = (KEYED, ["engine", "plain"])
+    param_names = ["workload", "side"]
+    timeout = 300
+
+    def track_bytes_per_key(self, name, side):
+        from .compare import state_per_key
+
+        return state_per_key(WORKLOADS[name], 20_000)[side]
+
+    track_bytes_per_key.unit = "bytes"

@@ -30,8 +30,8 @@ SYMBOLS = {
 START_TIME_MS = 1500000000000
 
 
-def _quote(rng, symbol):
-    base = SYMBOLS[symbol]
+def quote(rng, base):
+    """A (bid, offer) around the price ``base``; about half of them spread too wide."""
     mid = base * rng.uniform(0.98, 1.02)
     if base < 1.0:
         spread = round(mid * rng.choice([rng.uniform(0.005, 0.045), rng.uniform(0.05, 0.12)]), 4)
@@ -55,7 +55,7 @@ def generate(quotes=2000, orders=2000, seed=11):
     market = []
     for i in range(quotes):
         symbol = symbols[i] if i < len(symbols) else rng.choice(symbols)
-        bid, offer = _quote(rng, symbol)
+        bid, offer = quote(rng, SYMBOLS[symbol])
         market.append((symbol, START_TIME_MS + i, bid, offer))
     order_list = []
     for i in range(orders):
