@@ -663,8 +663,8 @@ def parse_args(argv: list[str] | None):
                         "TCP peak (default workloads: word_count,keyed_sum)")
     parser.add_argument("--latency-seconds", type=float, default=5.0,
                         help="seconds per latency level (default 5)")
-    parser.add_argument("--latency-interval", type=float, default=0.001, metavar="SECONDS",
-                        help="the paced sender writes what is due this often (default 0.001)")
+    parser.add_argument("--latency-interval", type=float, default=0.00025, metavar="SECONDS",
+                        help="the paced sender writes what is due this often (default 0.00025)")
     parser.add_argument("--peak", default="", metavar="NAME=RATE,...",
                         help="peak rates (msgs/s) to take instead of measuring them, e.g. "
                              "word_count=137000 (to compare latency at the same rates)")
