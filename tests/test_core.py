@@ -24,6 +24,7 @@ from wallaroo._core.chain import (
 )
 from wallaroo._core.frames import FrameReader, FrameTooLarge, LineReader, frame_all
 from wallaroo._core.hashing import key_group, normalize_key, stable_hash
+from wallaroo.runtime.errors import ErrorPolicy
 from wallaroo.plan import ChainSpec, PhysicalPlan
 
 SETTINGS = settings(max_examples=150, deadline=None,
@@ -936,3 +937,45 @@ def test_frame_all_refuses_what_it_cannot_frame():
         frame_all([b"x" * 256], 1, "B")
     with pytest.raises(ValueError, match="not one"):
         frame_all([b"x"], 4, ">i")
+
+
+# ------------------------------------------------------------------------------------------
+# the linked chain: failures that are the stage's, and chains built wrongly
+
+
+def test_an_encoder_returning_text_that_is_not_unicode_is_the_encoders_error():
+    errors = ErrorPolicy("skip")
+    out = EncodeOp("enc", lambda v: "\ud800" if v == 2 else str(v), errors).process(
+        Batch([1, 2, 3]))
+    assert out.values == [b"1", b"3"] and errors.counts == {("enc", "error"): 1}
+
+
+def test_a_key_that_is_not_valid_unicode_is_bad_input():
+    errors = ErrorPolicy("fail")  # bad input never stops the run
+    out = KeyByOp("key", lambda v: "\udcff" if v == 2 else str(v), errors, 16).process(
+        Batch([1, 2, 3]))
+    assert out.keys == ["1", "3"] and errors.counts == {("key", "key_extractor"): 1}
+
+
+def test_an_op_runs_in_one_chain_only_and_a_batch_op_comes_first():
+    from support.aggregations import Total
+    from wallaroo._core.windows import CountWindowOp
+
+    shared = MapOp("inc", lambda x: x + 1, None)
+    assert shared.process(Batch([1])).values == [2]
+    with pytest.raises(ValueError, match="'inc' is already part of a chain"):
+        Chain([shared])
+    window = CountWindowOp("w", Total(), False, None, [0], 10**9, 2, 10**9)
+    with pytest.raises(ValueError, match="'w' must come first"):
+        Chain([MapOp("id", lambda x: x, None), window])
+
+
+def test_a_stop_batch_raised_by_user_code_is_the_stages_failure():
+    from wallaroo._core.chain import StopBatch
+
+    def stops(value):
+        raise StopBatch()
+
+    errors = ErrorPolicy("skip")
+    assert MapOp("m", stops, errors).process(Batch([1, 2])).values == []
+    assert errors.counts == {("m", "error"): 2}

@@ -68,6 +68,10 @@ cdef class Collector(Op):
     cdef begin(self, bint track_keys, bint track_times)
 
 
+cdef class EncodeOp(Op):
+    cdef bytes to_bytes(self, object result)
+
+
 cdef class Chain:
     cdef readonly list ops
     cdef readonly list outputs

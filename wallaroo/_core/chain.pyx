@@ -179,8 +179,8 @@ cdef class Op:
         Py_XDECREF(kind)
         Py_XDECREF(error)
         Py_XDECREF(traceback)
-        if not isinstance(exc, Exception):
-            raise exc
+        if not isinstance(exc, Exception) and not isinstance(exc, StopBatch):
+            raise exc  # Ctrl-C, SystemExit: not the stage's failure (a StopBatch from user code is)
         return self.failed(value, exc)
 
     cdef int failed(self, object value, object exc) except -1:
@@ -193,10 +193,7 @@ cdef class Op:
 
     def _solo_chain(self):
         if self.solo is None:
-            if self.next is not None:
-                raise RuntimeError(f"op {self.name!r} is part of a chain; push batches through "
-                                   f"the chain")
-            self.solo = Chain([self])
+            self.solo = Chain([self])  # refuses an op that is already in a chain
         return self.solo
 
     def process(self, Batch batch):
@@ -302,12 +299,13 @@ cdef class KeyByOp(Op):
         k = call_user(self, value)
         if k is SKIPPED:
             return 0
-        if type(k) is not str:
-            try:
+        try:  # a key of the wrong type, or a str that is not valid Unicode, is bad input
+            if type(k) is not str:
                 k = normalize_key(k)
-            except Exception as exc:
-                return self.failed(value, exc)
-        return self.next.push(value, k, key_group(k, self.key_groups), t)
+            group_of_key = key_group(k, self.key_groups)
+        except Exception as exc:
+            return self.failed(value, exc)
+        return self.next.push(value, k, group_of_key, t)
 
 
 cdef class ConstantKeyOp(Op):
@@ -469,21 +467,24 @@ cdef class EncodeOp(Op):
         result = call_user(self, value)
         if result is SKIPPED:
             return 0
-        if type(result) is bytes:
-            pass
-        elif type(result) is str:
-            result = (<str>result).encode("utf-8")
-        elif result is None:
+        if result is None:
             return 0
-        elif isinstance(result, (bytes, bytearray, memoryview)):
-            result = bytes(result)
-        elif isinstance(result, str):
-            result = str(result).encode("utf-8")
-        else:
-            return self.failed(value, TypeError(
-                f"encoder {self.name!r} returned {type(result).__name__} ({result!r:.60}); an "
-                f"encoder must return bytes, str or None"))
+        if type(result) is not bytes:
+            try:  # a str that is not valid Unicode, or not bytes or str at all: the encoder's error
+                result = self.to_bytes(result)
+            except Exception as exc:
+                return self.failed(value, exc)
         return self.next.push(result, key, group, t)
+
+    cdef bytes to_bytes(self, object result):
+        if type(result) is str:
+            return (<str>result).encode("utf-8")
+        if isinstance(result, (bytes, bytearray, memoryview)):
+            return bytes(result)
+        if isinstance(result, str):
+            return str(result).encode("utf-8")
+        raise TypeError(f"encoder {self.name!r} returned {type(result).__name__} "
+                        f"({result!r:.60}); an encoder must return bytes, str or None")
 
 
 cdef int push_each(Op op, object value, object results, object key, object group,
@@ -553,6 +554,13 @@ cdef class Chain:
         self.head = ops[0] if ops else None
         self.keys_effect = KEEP
         self.times_effect = KEEP
+        for i in range(len(ops)):
+            op = ops[i]
+            if op.next is not None:
+                raise ValueError(f"op {op.name!r} is already part of a chain; an op runs in one")
+            if i > 0 and op.sees_watermarks:
+                raise ValueError(f"op {op.name!r} must come first in its chain (it reads whole "
+                                 f"batches and their watermarks)")
         for i in range(len(ops)):
             op = ops[i]
             op.next = ops[i + 1] if i + 1 < len(ops) else self.collector
