@@ -95,6 +95,16 @@ class Row:
     def ratio(self) -> float:
         return self.engine_rate / self.plain_rate
 
+    def add_round(self, engine_s: float, plain_s: float, engine_rss: int, plain_rss: int,
+                  latency: dict | None = None) -> None:
+        """Record one round: both timings, both RSS figures, and the engine's histogram."""
+        self.engine_s.append(engine_s)
+        self.plain_s.append(plain_s)
+        self.engine_rss.append(engine_rss)
+        self.plain_rss.append(plain_rss)
+        if latency is not None:
+            self.latency = _merge(self.latency, latency)
+
     def percentile(self, q: float) -> float | None:
         if not self.latency or not self.latency["count"]:
             return None
@@ -177,11 +187,7 @@ def run_inprocess(case: Case, rounds: int) -> Row:
         if w.validate is None and outputs != plain_outputs:
             raise WorkloadMismatch(f"{w.name} (inprocess): {outputs:,} outputs reached the "
                                    f"engine's sink, the plain loop made {plain_outputs:,}")
-        row.engine_s.append(seconds)
-        row.plain_s.append(plain_seconds)
-        row.engine_rss.append(rss)
-        row.plain_rss.append(plain_rss)
-        row.latency = _merge(row.latency, hist)
+        row.add_round(seconds, plain_seconds, rss, plain_rss, hist)
     return row
 
 
@@ -195,10 +201,7 @@ def run_testing(case: Case, rounds: int) -> Row:
     for _ in range(rounds):
         (seconds, rss), _ = in_child(_testing_engine, w, case.inputs)
         plain_seconds, plain_rss = in_child(_testing_plain, w, case.inputs)
-        row.engine_s.append(seconds)
-        row.plain_s.append(plain_seconds)
-        row.engine_rss.append(rss)
-        row.plain_rss.append(plain_rss)
+        row.add_round(seconds, plain_seconds, rss, plain_rss)
     return row
 
 
@@ -240,12 +243,9 @@ def run_files(case: Case, rounds: int) -> Row:
         if out.read_bytes() != reference:
             raise WorkloadMismatch(f"{w.name} (files): the plain loop wrote other bytes than "
                                    f"its own reference run")
-        row.engine_s.append(stats["elapsed_s"])
         row.engine_wall_s.append(wall)
-        row.plain_s.append(twin["seconds"])
-        row.engine_rss.append(engine.peak_rss)
-        row.plain_rss.append(twin["peak_rss"])
-        row.latency = _merge(row.latency, stats["sinks"][0]["latency_ns"])
+        row.add_round(stats["elapsed_s"], twin["seconds"], engine.peak_rss, twin["peak_rss"],
+                      stats["sinks"][0]["latency_ns"])
     return row
 
 
@@ -282,11 +282,8 @@ def run_tcp(case: Case, rounds: int) -> Row:
         if received != len(reference):
             raise WorkloadMismatch(f"{w.name} (tcp): the plain loop's receiver got "
                                    f"{received:,} bytes, its reference has {len(reference):,}")
-        row.engine_s.append(seconds)
-        row.plain_s.append(plain_seconds)
-        row.engine_rss.append(engine_rss)
-        row.plain_rss.append(plain_rss)
-        row.latency = _merge(row.latency, stats["sinks"][0]["latency_ns"])
+        row.add_round(seconds, plain_seconds, engine_rss, plain_rss,
+                      stats["sinks"][0]["latency_ns"])
     return row
 
 
