@@ -786,27 +786,58 @@ def _check_invariants(plan: PhysicalPlan):
         head = chain.nodes[0]
         edges_in = incoming.get(id(chain), [])
         assert edges_in, f"nothing feeds chain {chain.name}"
-        # an exchange edge precedes every state computation, and only those
-        assert all(e.exchange == (head.kind in g.STATEFUL) for e in edges_in)
-    for node in graph.nodes:
-        if node.kind in g.STATEFUL:
+        # an exchange edge leads to a stage that needs its key's owner (stateful, or right
+        # after key_by/collect), and only when no exchange since the last key_by routed it
+        assert all(e.exchange == _needs_exchange(head) for e in edges_in)
+    for node in stages:
+        if node.kind in g.STATEFUL or (node.kind not in (g.KEY_BY, g.COLLECT) and
+                                       any(i.kind in (g.KEY_BY, g.COLLECT) for i in node.inputs)):
             assert chain_of[node].nodes[0] is node
+    assert [e.id for e in plan.exchanges] == list(range(len(plan.exchanges)))
     for sink in graph.sinks:
         assert [e.exchange for e in incoming[id(sink)]] == [False] * len(incoming[id(sink)])
+
+
+def _needs_exchange(node) -> bool:
+    """Reference rule, walking up from ``node``: it needs its key's owner, and going up its
+    inputs no stage that was routed is met before a key_by, collect or source."""
+    def needs_owner(n):
+        if n.kind in (g.KEY_BY, g.COLLECT):  # sets new keys, so it can run anywhere
+            return False
+        return n.kind in g.STATEFUL or any(i.kind in (g.KEY_BY, g.COLLECT) or
+                                           (i.kind == g.MERGE and _pending(i)) for i in n.inputs)
+
+    def on_owner(n):  # is what n outputs on its owner already?
+        if n.kind in (g.SOURCE, g.KEY_BY, g.COLLECT):
+            return False
+        if n.kind == g.MERGE:
+            return all(on_owner(i) for i in n.inputs)
+        return needs_owner(n) or all(on_owner(i) for i in n.inputs)
+
+    return needs_owner(node) and not all(on_owner(i) for i in node.inputs)
+
+
+def _pending(node) -> bool:
+    if node.kind in (g.KEY_BY, g.COLLECT):
+        return True
+    return node.kind == g.MERGE and any(_pending(i) for i in node.inputs)
 
 
 def test_plan_linear_fusion_and_exchange():
     p = (_src().to(_map("a")).to(_flat("b")).key_by(lambda x: str(x)).to(_map("c"))
          .to(_state("count")).to(_map("d")).to(_state_multi("again")).to_sink(_sink()))
     plan = PhysicalPlan(wallaroo.build_application("lin", p).graph)
-    assert _names(plan) == [["a", "b", "<lambda>", "c"], ["count", "d"], ["again"]]
+    # the stateless "c" after key_by runs on the key's owner; the state stages after it are on
+    # their owner already, so only the first edge after key_by routes
+    assert _names(plan) == [["a", "b", "<lambda>"], ["c"], ["count", "d"], ["again"]]
     src = plan.graph.sources[0]
     assert [(e.target, e.exchange) for e in plan.source_edges[src]] == [(plan.chains[0], False)]
     assert [(e.target, e.exchange) for e in plan.chains[0].edges] == [(plan.chains[1], True)]
-    assert [(e.target, e.exchange) for e in plan.chains[1].edges] == [(plan.chains[2], True)]
-    assert [(e.target.kind, e.exchange) for e in plan.chains[2].edges] == [(g.SINK, False)]
+    assert [(e.target, e.exchange) for e in plan.chains[1].edges] == [(plan.chains[2], False)]
+    assert [(e.target, e.exchange) for e in plan.chains[2].edges] == [(plan.chains[3], False)]
+    assert [(e.target.kind, e.exchange) for e in plan.chains[3].edges] == [(g.SINK, False)]
     _check_invariants(plan)
-    assert "exchange [count -> d]" in plan.describe()
+    assert "exchange [c]" in plan.describe() and "-> [count -> d]" in plan.describe()
 
 
 def test_plan_state_right_after_source_is_an_exchange():
@@ -840,13 +871,16 @@ def test_plan_linear_pipelines_property(kinds):
         else:
             p = p.collect()
     plan = PhysicalPlan(wallaroo.build_application("prop", p.to_sink(_sink())).graph)
-    # reference: a new chain starts at the first stage and before every state stage
+    # reference: a new chain starts at the first stage, before every state stage and after
+    # every key_by or collect
     expected = []
+    after_key = False
     for i, kind in enumerate(kinds):
         name = "collect" if kind == "collect" else f"{kind}{i}"
-        if not expected or kind.startswith("state"):
+        if not expected or kind.startswith("state") or (after_key and kind not in ("key_by", "collect")):
             expected.append([])
         expected[-1].append(name)
+        after_key = kind in ("key_by", "collect")
     assert _names(plan) == expected
     _check_invariants(plan)
 

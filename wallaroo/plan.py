@@ -1,9 +1,13 @@
 """The physical plan: the logical graph cut into fused chains joined by edges.
 
 Consecutive stages with one input and one output run fused in one chain. A chain ends where the
-graph fans out or merges, and before every stateful stage: that edge is an *exchange*, the place
-where messages must reach the worker that owns their key group. On one worker an exchange hands
-the batch straight on; with many workers it routes by key group.
+graph fans out or merges, before every stateful stage, and before the first stage after a
+``key_by`` or ``collect``. An edge is an *exchange*, the place where messages must reach the
+worker that owns their key group, when it leads to a stage that needs its key's owner (a state
+computation or window, or any stage right after ``key_by``, so that stateless work after
+``key_by`` spreads over the workers) and its messages are not on their owner already (they are,
+from an exchange until the next ``key_by``). On one worker an exchange hands the batch straight
+on; with many workers it routes by key group.
 
 Example::
 
@@ -20,6 +24,8 @@ Example::
     [['split', '<lambda>'], ['count']]
     >>> [(e.exchange, type(e.target).__name__) for e in plan.chains[0].edges]
     [(True, 'ChainSpec')]
+    >>> [e.id for e in plan.exchanges]
+    [0]
 """
 from __future__ import annotations
 
@@ -48,6 +54,8 @@ class Edge:
 
     target: object
     exchange: bool
+    #: The exchange's number (see ``PhysicalPlan.exchanges``); None on other edges.
+    id: int | None = None
 
 
 class PhysicalPlan:
@@ -61,6 +69,8 @@ class PhysicalPlan:
         self.graph = graph
         self.chains: list[ChainSpec] = []
         self._chain_of: dict[g.Node, ChainSpec] = {}
+        self._exchange_at: set[g.Node] = set()
+        self._mark_exchanges()
         for node in graph.nodes:
             if node.kind in (g.SOURCE, g.SINK, g.MERGE):
                 continue
@@ -76,6 +86,37 @@ class PhysicalPlan:
             chain.edges = self._edges_from(chain.nodes[-1])
         self.source_edges = {src: self._edges_from(src) for src in graph.sources}
         self.sinks = graph.sinks
+        #: Every exchange edge, numbered in a fixed order (sources', then chains'): the same
+        #: number on every worker names the same exchange.
+        self.exchanges: list[Edge] = [e for edges in [*self.source_edges.values(),
+                                                      *(c.edges for c in self.chains)]
+                                      for e in edges if e.exchange]
+        for number, edge in enumerate(self.exchanges):
+            edge.id = number
+
+    def _mark_exchanges(self) -> None:
+        """Find the stages an exchange leads to, in one pass in topological order.
+
+        The output of a node is *on its owner* when its messages are on the worker owning
+        their key group (after an exchange, until the next key_by or collect), and has a
+        *pending key* when a key_by or collect set keys that no exchange has routed yet."""
+        owned: dict[g.Node, bool] = {}
+        pending: dict[g.Node, bool] = {}
+        for node in self.graph.nodes:
+            if node.kind == g.SOURCE:
+                owned[node], pending[node] = False, False
+            elif node.kind in (g.KEY_BY, g.COLLECT):
+                owned[node], pending[node] = False, True
+            elif node.kind in (g.MERGE, g.SINK):
+                owned[node] = all(owned[i] for i in node.inputs)
+                pending[node] = any(pending[i] for i in node.inputs)
+            else:
+                on_owner = all(owned[i] for i in node.inputs)
+                needs_owner = node.kind in g.STATEFUL or any(pending[i] for i in node.inputs)
+                if needs_owner and not on_owner:
+                    self._exchange_at.add(node)
+                owned[node] = on_owner or needs_owner
+                pending[node] = False
 
     def origin(self, node: g.Node) -> int:
         """The id batches from ``node`` (a source or window) carry: its place in the graph."""
@@ -111,12 +152,12 @@ class PhysicalPlan:
             parent in self._chain_of
             and len(node.inputs) == 1
             and len(self.graph.children[parent]) == 1
-            and not self._is_exchange(node)
+            and node.kind not in g.STATEFUL
+            and (parent.kind not in (g.KEY_BY, g.COLLECT) or node.kind in (g.KEY_BY, g.COLLECT))
         )
 
-    @staticmethod
-    def _is_exchange(node: g.Node) -> bool:
-        return node.kind in g.STATEFUL
+    def _is_exchange(self, node: g.Node) -> bool:
+        return node in self._exchange_at
 
     def _edges_from(self, node: g.Node) -> list[Edge]:
         edges: list[Edge] = []

@@ -18,10 +18,17 @@ from wallaroo.connectors.base import READ_SIZE, Sink, Source
 class FileSource(Source):
     """Reads a file once: text lines (str) without a decoder, frames with one.
 
+    With several workers (``ctx.share`` is ``(index, count)``), a text file is split into
+    ``count`` byte ranges and each worker reads the lines that *start* in its range, so every
+    line is read once; a framed file cannot be cut without reading it, so the first worker
+    reads it all.
+
     Example::
 
         >>> FileSource(None, None).progress()
         (0, None)
+        >>> line_range(b"ab\\ncd\\nef\\n", 1, 2)   # the second half starts inside "cd"
+        (6, 9)
     """
 
     bounded = True
@@ -31,6 +38,10 @@ class FileSource(Source):
         self._read = 0
         self._size: int | None = None
 
+    @property
+    def spread(self) -> str:
+        return "every" if self.config.decoder is None else "first"
+
     async def start(self) -> None:
         try:
             handle = open(self.config.path, "rb")
@@ -38,7 +49,14 @@ class FileSource(Source):
             raise OSError(f"source {self.ctx.name!r}: cannot open {self.config.path!r}: "
                           f"{exc.strerror or exc}") from None
         self._size = os.fstat(handle.fileno()).st_size
-        self._produce_in_background(self._produce(handle))
+        index, count = getattr(self.ctx, "share", (0, 1))
+        if self.config.decoder is None and count > 1:
+            start, end = _line_range_of(handle, index, count, self._size)
+            handle.seek(start)
+            self._size = end - start
+            self._produce_in_background(self._produce(_Bounded(handle, end - start)))
+        else:
+            self._produce_in_background(self._produce(handle))
 
     def _reader(self):
         dec = self.config.decoder
@@ -83,6 +101,55 @@ class FileSource(Source):
         return (self._read, self._size)
 
 
+def _line_range_of(handle, index: int, count: int, size: int) -> tuple[int, int]:
+    """[start, end): the bytes of the lines that start in share ``index`` of ``count`` equal
+    byte ranges of the file (a line belongs to the range holding its first byte)."""
+    def line_start_at_or_after(offset: int) -> int:
+        if offset <= 0:
+            return 0
+        if offset >= size:
+            return size
+        handle.seek(offset - 1)
+        position = offset - 1
+        while True:
+            chunk = handle.read(64 * 1024)
+            if not chunk:
+                return size
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                return position + newline + 1
+            position += len(chunk)
+
+    start = line_start_at_or_after(size * index // count)
+    end = line_start_at_or_after(size * (index + 1) // count)
+    return start, max(start, end)
+
+
+def line_range(data: bytes, index: int, count: int) -> tuple[int, int]:
+    """The byte range of ``data`` that share ``index`` of ``count`` reads (see FileSource)."""
+    import io
+    return _line_range_of(io.BytesIO(data), index, count, len(data))
+
+
+class _Bounded:
+    """Reads at most ``limit`` bytes from ``handle`` (a range of a file), then reports EOF."""
+
+    def __init__(self, handle, limit: int):
+        self.handle = handle
+        self.left = limit
+
+    def read(self, size: int) -> bytes:
+        data = self.handle.read(min(size, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+
 class FileSink(Sink):
     """Appends encoded bytes to a file; flushed per batch, fsynced at close.
 
@@ -95,10 +162,13 @@ class FileSink(Sink):
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
         self._file = None
+        #: The file written: the config's path, or with several workers this worker's part
+        #: of it (``PATH.part-INDEX``).
+        self.path = ctx.part_path(config.path) if ctx is not None else None
 
     async def start(self) -> None:
         try:
-            self._file = open(self.config.path, "ab")
+            self._file = open(self.path, "ab")
         except OSError as exc:
             raise OSError(f"sink {self.describe()}: cannot open for writing: "
                           f"{exc.strerror or exc}") from None
@@ -106,6 +176,9 @@ class FileSink(Sink):
     def push(self, batch) -> None:
         self._file.write(b"".join(batch.values))
         self._file.flush()
+
+    def describe(self) -> str:
+        return f"file://{os.path.abspath(self.path)}"
 
     async def close(self) -> None:
         if self._file is not None:

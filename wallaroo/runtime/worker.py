@@ -41,6 +41,7 @@ from wallaroo.errors import NotSupportedYet, StageFailed, WallarooParameterError
 from wallaroo.plan import PhysicalPlan
 from wallaroo.runtime.errors import ErrorPolicy
 from wallaroo.runtime.flow import FlowControl
+from wallaroo.runtime.placement import Placement
 from wallaroo.runtime.progress import ProgressReporter
 
 log = logging.getLogger("wallaroo")
@@ -107,6 +108,12 @@ class SourceContext:
         self.flow = worker.flow
         self.emitter = emitter
         self.origin = origin
+        placement = worker.placement
+        #: (this worker's index, the number of workers): a source that splits its input
+        #: (a file's byte ranges) reads share ``index`` of ``count``.
+        self.share = (placement.index, placement.count)
+        #: Local workers all accept on a TCP source's address (SO_REUSEPORT).
+        self.reuse_port = not placement.alone
         self.key = node.name
         self.group = key_group(node.name, worker.options.key_groups)
         #: With event time taken from the values, the watermark comes from the extractor;
@@ -192,11 +199,36 @@ class SinkProbe:
 
 
 class SinkContext:
-    """What a sink sees of the worker: its name and the back-pressure gate."""
+    """What a sink sees of the worker: its name, the back-pressure gate, and ``part_path``
+    (the file a file sink of this worker writes)."""
 
     def __init__(self, worker: "Worker", name: str):
         self.name = name
         self.flow = worker.flow
+        self.part_path = worker.placement.part_path
+
+
+class AbsentSource:
+    """Stands for a source another worker reads (see ``Placement.runs``): it ends at once, so
+    its input counts as done and its watermark as at the end here."""
+
+    bounded = True
+
+    def __init__(self, source):
+        self.source = source
+        self.ctx = source.ctx
+
+    async def start(self) -> None:
+        asyncio.get_running_loop().call_soon(self.ctx.finished)
+
+    async def stop(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"{self.source.describe()} (read by the first worker)"
+
+    def progress(self) -> tuple[int, int | None]:
+        return (0, 0)
 
 
 class Worker:
@@ -204,12 +236,18 @@ class Worker:
 
     ``source_configs`` / ``sink_configs`` map a source name / sink position to a config that
     replaces the application's own (wallaroo.testing and ``--in``/``--out`` use them).
+
+    With several workers, ``placement`` says which one this is, and ``exchange(edge, target)``
+    gives what an exchange edge of the plan pushes to in place of ``target`` (something that
+    routes each message to the worker owning its key group; see wallaroo.cluster.exchange).
     """
 
     def __init__(self, app, options: RunOptions | None = None,
-                 source_configs: dict | None = None, sink_configs: dict | None = None):
+                 source_configs: dict | None = None, sink_configs: dict | None = None,
+                 placement: Placement | None = None, exchange=None):
         self.app = app
         self.options = options or RunOptions()
+        self.placement = placement or Placement(key_groups=self.options.key_groups)
         if self.options.key_groups <= 0:
             raise WallarooParameterError(
                 f"key_groups must be a positive number, not {self.options.key_groups}")
@@ -221,6 +259,12 @@ class Worker:
         self.errors = ErrorPolicy(self.options.on_error, self.options.dead_letter,
                                   on_failure=self._on_failure)
         self.flow = FlowControl()
+        #: Closed by sinks that cannot keep up (not by full exchange channels): while it is
+        #: closed, this worker stops taking batches from other workers too.
+        self.intake = FlowControl()
+        #: Called, when set, once every source of this worker is done (instead of ending
+        #: the run: with several workers the cluster decides when the run ends).
+        self.on_input_done = None
         self.stopping = False
         self.failure: BaseException | None = None
         self.ingested = 0
@@ -250,7 +294,7 @@ class Worker:
         for spec in reversed(self.plan.chains):
             chain = self.chains[spec]
             for edge in spec.edges:
-                target = targets[edge.target]
+                target = self._target(targets, edge, exchange)
                 chain.add_output(target, _wants_watermarks(target))
         self._window_chains = [chain for chain in self.chains.values()
                                if isinstance(chain.ops[0], WindowOp)]
@@ -271,11 +315,21 @@ class Worker:
                 ops.append(EventTimeOp(stage, event_time, self.errors))
             emitter = Chain(ops)
             for edge in edges:
-                target = targets[edge.target]
+                target = self._target(targets, edge, exchange)
                 emitter.add_output(target, _wants_watermarks(target))
-            ctx = SourceContext(self, node, emitter, self.plan.origin(node))
+            ctx = SourceContext(self, node, emitter, self.placement.origin(self.plan.origin(node)))
             self.source_contexts.append(ctx)
-            self.sources.append(cls(config, ctx))
+            source = cls(config, ctx)
+            if not self.placement.runs(getattr(source, "spread", "first")):
+                source = AbsentSource(source)
+            self.sources.append(source)
+
+    def _target(self, targets: dict, edge, exchange):
+        """What an edge of the plan pushes to: its target, or an exchange in front of it."""
+        target = targets[edge.target]
+        if edge.exchange and exchange is not None:
+            return exchange(edge, target)
+        return target
 
     @staticmethod
     def _connector(table: dict, config, role: str, name: str):
@@ -308,8 +362,10 @@ class Worker:
 
     def _window_op(self, node: g.Node) -> WindowOp:
         spec, params = node.spec, node.spec.params
-        inputs = self.plan.watermark_inputs(node)
-        windows = [i for i in inputs if self.plan.graph.nodes[i].kind == g.WINDOW]
+        plan_inputs = self.plan.watermark_inputs(node)
+        windows = [origin for i in plan_inputs if self.plan.graph.nodes[i].kind == g.WINDOW
+                   for origin in self.placement.origins(i)]
+        inputs = [origin for i in plan_inputs for origin in self.placement.origins(i)]
         common = (node.name, spec.aggregation, spec.output_takes_window, self.errors, inputs,
                   int(self.options.idle_timeout * 1e9))
         if spec.kind == "range":
@@ -320,8 +376,29 @@ class Worker:
                                  params["late_data_policy"], window_inputs=windows)
         else:
             op = CountWindowOp(*common, params["count"], params["timeout"], window_inputs=windows)
-        op.origin = self.plan.origin(node)
+        op.origin = self.placement.origin(self.plan.origin(node))
         return op
+
+    def state_counts(self) -> dict[str, int]:
+        """Keys with state on this worker, per state computation and window.
+
+        Example::
+
+            >>> import wallaroo
+            >>> count = wallaroo.state_computation(name="count", state=list)(lambda v, s: v)
+            >>> p = (wallaroo.source("n", wallaroo.IterSourceConfig("n", []))
+            ...      .key_by(str).to(count).to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str))))
+            >>> Worker(wallaroo.build_application("c", p)).state_counts()
+            {'count': 0}
+        """
+        counts: dict[str, int] = {}
+        for chain in self.chains.values():
+            for op in chain.ops:
+                if isinstance(op, StateOp):
+                    counts[op.name] = len(op.states)
+                elif isinstance(op, WindowOp):
+                    counts[op.name] = len(op.keys())
+        return counts
 
     def late_counts(self) -> dict[str, int]:
         """Late messages each window dropped (only windows that dropped some)."""
@@ -332,24 +409,10 @@ class Worker:
 
     async def run(self, on_started=None) -> RunResult:
         """Open everything, process until the end, stop sources, flush and close sinks."""
-        self._stopped = asyncio.Event()
-        self._abandon = asyncio.Event()
-        if self.stopping:
-            self._stopped.set()
-        opened = []
-        try:
-            for connector in [*self.sinks, *self.sources]:
-                await connector.start()
-                opened.append(connector)
-        except Exception as exc:
-            for connector in reversed(opened):
-                await _quietly(connector.close() if isinstance(connector, Sink) else connector.stop())
-            raise StartupError(str(exc)) from exc
+        await self.open_sinks()
+        await self.open_sources()
         if on_started is not None:
             on_started(self)
-        ticker = None
-        if self._window_chains:
-            ticker = asyncio.get_running_loop().create_task(self._tick_forever())
         progress = None
         if self.options.show_progress and all(s.bounded for s in self.sources):
             progress = ProgressReporter(lambda: self.ingested, lambda: (s.progress() for s in self.sources))
@@ -359,20 +422,63 @@ class Worker:
         finally:
             if progress is not None:
                 progress.stop()
-            if ticker is not None:
-                ticker.cancel()
-            await self._shutdown()
+            await self.stop_input()
+            await self.finish_output()
+        return self.result()
+
+    def result(self) -> RunResult:
+        """How the run went (once ``finish_output`` has returned)."""
         return RunResult(self.failure, self._undelivered, dict(self.errors.counts), self.ingested,
                          [probe.report() for probe in self.sink_probes], self.late_counts())
 
-    async def _shutdown(self) -> None:
+    async def open_sinks(self) -> None:
+        """Open every sink (the first step of a run); StartupError if one cannot be."""
+        self._stopped = asyncio.Event()
+        self._abandon = asyncio.Event()
+        self._ticker = None
+        if self.stopping:
+            self._stopped.set()
+        await self._open(self.sinks)
+
+    async def open_sources(self) -> None:
+        """Start every source, and the clock of the windows; StartupError if a source cannot
+        be opened (the sinks are closed then too)."""
+        await self._open(self.sources, also_close=self.sinks)
+        if self._window_chains:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def _open(self, connectors: list, also_close: list = ()) -> None:
+        opened = []
+        try:
+            for connector in connectors:
+                await connector.start()
+                opened.append(connector)
+        except Exception as exc:
+            for connector in [*reversed(opened), *also_close]:
+                await _quietly(connector.close() if isinstance(connector, Sink) else connector.stop())
+            raise StartupError(str(exc)) from exc
+
+    async def wait_stopped(self) -> None:
+        """Return once the run is asked to stop (all input done, a signal, a failure)."""
+        await self._stopped.wait()
+
+    async def stop_input(self, fire_windows: bool = True) -> None:
+        """Stop every source. Unless something failed (or ``fire_windows`` is False), the end
+        of input reaches the windows, which fire every open window."""
         self.stopping = True
         for source in self.sources:
             await _quietly(source.stop())
-        if self.failure is None:  # a clean stop ends the input: open windows fire
+        if self.failure is None and fire_windows:
             for ctx in self.source_contexts:
                 if not ctx.done:
+                    ctx.done = True
                     ctx.advance_watermark(WATERMARK_END_OF_INPUT)
+
+    async def finish_output(self) -> None:
+        """Flush every sink (until the flush timeout, or a second stop request), then close
+        them; what could not be delivered is in ``result().undelivered``."""
+        if self._ticker is not None:
+            self._ticker.cancel()
         flushes = [asyncio.ensure_future(sink.flush(self.options.flush_timeout))
                    for sink in self.sinks]
         abandon = asyncio.ensure_future(self._abandon.wait())
@@ -425,7 +531,15 @@ class Worker:
 
     def _source_finished(self) -> None:
         if all(ctx.done for ctx in self.source_contexts):
-            self.request_stop()
+            if self.on_input_done is not None:
+                self.on_input_done()
+            else:
+                self.request_stop()
+
+    @property
+    def input_done(self) -> bool:
+        """Whether every source of this worker has ended (or been stopped)."""
+        return all(ctx.done for ctx in self.source_contexts)
 
     def _on_failure(self, failure: StageFailed) -> None:
         self.failure = failure
@@ -454,7 +568,9 @@ async def _quietly(awaitable) -> None:
 
 
 def _wants_watermarks(target) -> bool:
-    return isinstance(target, Chain) and target.sees_watermarks
+    """Whether ``target`` (a chain, an exchange or a sink) uses batches that carry only a
+    watermark."""
+    return bool(getattr(target, "sees_watermarks", False))
 
 
 def _function_name(stage) -> str:
