@@ -1,4 +1,4 @@
-"""Entry points: ``wallaroo-run`` (run an application) and ``wallaroo`` (send, receive)."""
+"""Entry points: ``wallaroo-run`` (run an application) and ``wallaroo`` (send, receive, cluster)."""
 import click
 
 
@@ -10,15 +10,18 @@ def main():
 
         wallaroo receive --listen 127.0.0.1:7002 --expect 10
         wallaroo send --host 127.0.0.1:7010 --file words.txt
+        wallaroo cluster status --external 127.0.0.1:5050
     """
 
 
 def _mount_tools():
+    from wallaroo.tools.cluster import cluster
     from wallaroo.tools.receive import receive
     from wallaroo.tools.send import send
 
     main.add_command(send)
     main.add_command(receive)
+    main.add_command(cluster)
 
 
 _mount_tools()
