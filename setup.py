@@ -5,7 +5,7 @@ Everything else about the package lives in pyproject.toml.
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-CORE_MODULES = ["frames", "hashing", "chain", "windows", "histogram", "routing", "serde"]
+CORE_MODULES = ["frames", "hashing", "chain", "windows", "histogram", "routing", "serde", "ring"]
 
 extensions = [
     Extension(f"wallaroo._core.{name}", [f"wallaroo/_core/{name}.pyx"])

@@ -180,18 +180,20 @@ def test_module_is_imported_from_the_current_directory(tmp_path):
 
 
 def test_original_flags_are_accepted(tmp_path):
+    """A one-worker cluster formed with the original flags, Pony and resilience flags too."""
     lines = random_words(10)
     write_lines(tmp_path / "in.txt", lines)
     result = run_cli(
         "--application-module", "wr_cli_app", "--input", "in.txt", "--output", "out.txt",
-        "--workers", "2", "--ponythreads", "1", "--ponynoblock", "--ponypinasio",
+        "--ponythreads", "1", "--ponynoblock", "--ponypinasio",
         "--cluster-initializer", "--name", "w1", "--worker-count", "1",
-        "--control", f"{HOST}:12500", "--data", f"{HOST}:12501", "--external", f"{HOST}:5050",
+        "--control", f"{HOST}:0", "--data", f"{HOST}:0", "--external", f"{HOST}:0",
         "--metrics", f"{HOST}:5001", "--resilience-dir", str(tmp_path / "res"),
         "--time-between-checkpoints", "1000000000", "--log-rotation", "--stop-pause", "1",
         cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out.txt").read_bytes() == expected_upper(lines)
+    assert "topology received: 1 workers (initializer)" in result.stderr.decode()
 
 
 def test_engine_flags_are_not_app_args_and_argv_is_kept(tmp_path, wallaroo_run, listener):
@@ -200,8 +202,8 @@ def test_engine_flags_are_not_app_args_and_argv_is_kept(tmp_path, wallaroo_run, 
     args_file = tmp_path / "args.json"
     app_args = ["--in", f"frames@{HOST}:0", "my-positional", "--my-option", "value",
                 "--out", sink.address, "--kafka_source_topic", "t", "-z"]
-    engine = ["--app", "wr_cli_app:tcp_app", "--workers", "2", "--ponythreads", "1",
-              "--ponynoblock", "--on-error", "skip", "--name", "w1", "--cluster-initializer",
+    engine = ["--app", "wr_cli_app:tcp_app", "--workers", "1", "--ponythreads", "1",
+              "--ponynoblock", "--on-error", "skip", "--name", "w1", "--no-progress",
               "--ponythreads=4", "--dead-letter", str(tmp_path / "dl.jsonl")]
     # interleave engine flags and app args
     argv = engine[:2] + app_args[:2] + engine[2:6] + app_args[2:5] + engine[6:] + app_args[5:]

@@ -35,7 +35,7 @@ SETTINGS = settings(max_examples=150, deadline=None,
 # the examples in the compiled modules' docstrings (pytest's --doctest-modules sees only .py)
 
 
-@pytest.mark.parametrize("module", ["frames", "hashing", "chain", "windows", "histogram", "routing", "serde"])
+@pytest.mark.parametrize("module", ["frames", "hashing", "chain", "windows", "histogram", "routing", "serde", "ring"])
 def test_core_module_examples_hold(module):
     result = doctest.testmod(importlib.import_module(f"wallaroo._core.{module}"))
     assert result.attempted > 0

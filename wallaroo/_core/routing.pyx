@@ -426,3 +426,23 @@ cpdef list route(Batch batch, RoutingTable table):
             PyMem_Free(count)
         if slots != stack_slots:
             PyMem_Free(slots)
+
+
+cpdef bint same_objects(list a, list b):
+    """Whether lists ``a`` and ``b`` hold the very same objects, in the same order (as the
+    keys and values of a batch keyed by the values themselves): an exchange then sends them
+    once.
+
+    Example::
+
+        >>> words = ["a", "b"]
+        >>> same_objects(words, list(words)), same_objects(words, ["a", "c"])
+        (True, False)
+    """
+    cdef Py_ssize_t i, n = len(a)
+    if a is None or b is None or len(b) != n:
+        return False
+    for i in range(n):
+        if _list_get(<PyObject*>a, i) != _list_get(<PyObject*>b, i):
+            return False
+    return True

@@ -28,6 +28,9 @@ class TCPSource(Source):
         'Source'
     """
 
+    #: With several workers each one accepts connections (local workers share the address).
+    spread = "every"
+
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
         self._server: asyncio.AbstractServer | None = None
@@ -37,8 +40,9 @@ class TCPSource(Source):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(lambda: _FrameProtocol(self), self.config.host,
-                                                    self.config.port, reuse_address=True)
+            self._server = await loop.create_server(
+                lambda: _FrameProtocol(self), self.config.host, self.config.port,
+                reuse_address=True, reuse_port=getattr(self.ctx, "reuse_port", False) or None)
         except OSError as exc:
             raise OSError(f"source {self.ctx.name!r} cannot listen on "
                           f"{self.config.host}:{self.config.port}: {exc.strerror or exc}; "

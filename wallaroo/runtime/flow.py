@@ -66,6 +66,18 @@ class FlowControl:
         """Call ``pause()`` when the gate closes and ``resume()`` when it opens."""
         self._listeners.append((pause, resume))
 
+    @staticmethod
+    def joined(*gates: "FlowControl") -> "JoinedGates":
+        """One gate that closes and opens all of ``gates`` together (what a sink holds).
+
+        Example::
+
+            >>> a, b = FlowControl(), FlowControl()
+            >>> both = FlowControl.joined(a, b); both.block("sink"); a.paused, b.paused
+            (True, True)
+        """
+        return JoinedGates(gates)
+
     async def wait_open(self) -> None:
         """Return at once if the gate is open, else when it opens."""
         if not self._blockers:
@@ -73,3 +85,22 @@ class FlowControl:
         if self._open is None:
             self._open = asyncio.Event()
         await self._open.wait()
+
+
+class JoinedGates:
+    """Several gates moved as one (see ``FlowControl.joined``)."""
+
+    def __init__(self, gates):
+        self.gates = gates
+
+    @property
+    def paused(self) -> bool:
+        return any(gate.paused for gate in self.gates)
+
+    def block(self, who) -> None:
+        for gate in self.gates:
+            gate.block(who)
+
+    def unblock(self, who) -> None:
+        for gate in self.gates:
+            gate.unblock(who)

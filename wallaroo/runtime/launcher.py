@@ -16,24 +16,32 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import os
-import resource
 import signal
 import sys
 import time
 import traceback
 
+from dataclasses import dataclass
+
 import wallaroo
+from wallaroo.cluster.auth import SecretRequired, cluster_secret, require_secret
+from wallaroo.cluster.formation import INITIALIZER, ClusterSpec, parse_address
+from wallaroo.cluster.launch import run_cluster_worker, run_local_member, supervise
+from wallaroo.cluster.supervisor import LocalBootstrap, worker_name
 from wallaroo.api.configs import TCPSinkConfig, TCPSourceConfig
 from wallaroo.api.helpers import tcp_parse_input_addrs, tcp_parse_output_addrs
 from wallaroo.api.pipeline import Application
-from wallaroo.errors import StageFailed, WallarooParameterError
+from wallaroo.errors import WallarooParameterError
 from wallaroo.runtime.errors import POLICIES
+from wallaroo.runtime.report import report_end, result_summary, write_stats
 from wallaroo.runtime.worker import MAX_IDLE_TIMEOUT, RunOptions, StartupError, Worker
 
 log = logging.getLogger("wallaroo")
+
+#: The most local workers ``--workers`` starts.
+MAX_LOCAL_WORKERS = 64
 
 # flag -> (destination, takes a value, acts now). Flags that do not act yet are accepted and
 # named in a note; they belong to clustering, resilience and metrics.
@@ -56,15 +64,17 @@ _flag("--stats-file", "stats_file", True)
 _flag("--no-progress", "no_progress", False)
 _flag("--explain", "explain", False)
 _flag("-h --help", "help", False)
-_flag("--workers", "workers", True, acts=False)
-_flag("--cluster-initializer -t", "cluster_initializer", False, acts=False)
-_flag("--worker-count -w", "worker_count", True, acts=False)
-_flag("--control -c", "control", True, acts=False)
-_flag("--data -d", "data", True, acts=False)
-_flag("--my-control -x", "my_control", True, acts=False)
-_flag("--my-data -y", "my_data", True, acts=False)
-_flag("--external -e", "external", True, acts=False)
-_flag("--name -n", "name", True, acts=False)
+_flag("--workers", "workers", True)
+_flag("--cluster-initializer -t", "cluster_initializer", False)
+_flag("--worker-count -w", "worker_count", True)
+_flag("--control -c", "control", True)
+_flag("--data -d", "data", True)
+_flag("--my-control -x", "my_control", True)
+_flag("--my-data -y", "my_data", True)
+_flag("--external -e", "external", True)
+_flag("--cluster-secret", "cluster_secret", True)
+_flag("--join-timeout", "join_timeout", True)
+_flag("--name -n", "name", True)
 _flag("--join -j", "join", True, acts=False)
 _flag("--metrics -m", "metrics", True, acts=False)
 _flag("--resilience-dir -r", "resilience_dir", True, acts=False)
@@ -241,6 +251,88 @@ def _options(flags: dict) -> RunOptions:
                       idle_timeout=idle_timeout, show_progress=not flags.get("no_progress"))
 
 
+@dataclass
+class Topology:
+    """How many workers, and where: ``--workers N`` local ones, or a worker of a TCP cluster
+    (``cluster``; see wallaroo.cluster)."""
+
+    workers: int = 1
+    cluster: ClusterSpec | None = None
+    external: tuple[str, int] | None = None
+    secret: str | None = None
+
+
+def _number(flags: dict, dest: str, flag: str, default, kind=int):
+    try:
+        return kind(flags.get(dest, default))
+    except ValueError:
+        raise UsageError(f"{flag} {flags[dest]!r} is not a number") from None
+
+
+def _address(flags: dict, dest: str, flag: str) -> tuple[str, int] | None:
+    if dest not in flags:
+        return None
+    try:
+        return parse_address(flag, flags[dest])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _topology(flags: dict) -> Topology:
+    """Check the clustering flags together: which mode, and with which addresses."""
+    workers = _number(flags, "workers", "--workers", 1)
+    if not 1 <= workers <= MAX_LOCAL_WORKERS:
+        raise UsageError(f"--workers must be between 1 and {MAX_LOCAL_WORKERS}, not {workers}")
+    control = _address(flags, "control", "--control")
+    external = _address(flags, "external", "--external")
+    secret = cluster_secret(flags.get("cluster_secret"))
+    initializer = bool(flags.get("cluster_initializer"))
+    binds = [(flag, flags[dest]) for flag, dest in (
+        ("--data", "data"), ("--my-data", "my_data"), ("--my-control", "my_control"),
+        ("--external", "external")) if dest in flags]
+    if initializer and control is not None:
+        binds.insert(0, ("--control", flags["control"]))
+    try:
+        require_secret(binds, secret)
+    except SecretRequired as exc:
+        raise UsageError(str(exc)) from None
+    if flags.get("join"):
+        raise UsageError("--join (growing a running cluster) is not supported yet: start every "
+                         "worker at once with --worker-count")
+    if control is None:
+        if initializer or "worker_count" in flags or "data" in flags:
+            raise UsageError("a cluster needs --control HOST:PORT (the initializer's control "
+                             "address) on every worker")
+        return Topology(workers, None, external, secret)
+    if workers > 1:
+        raise UsageError("--workers runs local workers; with --control each process is one worker "
+                         "of the cluster: start one process per worker")
+    count = _number(flags, "worker_count", "--worker-count", 1)
+    if initializer and count < 1:
+        raise UsageError("--worker-count must be at least 1")
+    if initializer and "data" not in flags:
+        raise UsageError("the initializer needs --data HOST:PORT (where the other workers "
+                         "reach its data channel)")
+    if not initializer and "data" in flags:
+        raise UsageError("--data is for the initializer; other workers use --my-data HOST:PORT")
+    name = INITIALIZER if initializer else flags.get("name")
+    if not name:
+        raise UsageError("name this worker with --name NAME (each worker its own)")
+    if not initializer and name == INITIALIZER:
+        raise UsageError(f"the name {INITIALIZER!r} is the initializer's; pick another --name")
+    spec = ClusterSpec(
+        name=name, control=control, initializer=initializer, worker_count=count,
+        data=_address(flags, "data", "--data") or _address(flags, "my_data", "--my-data"),
+        external=external, secret=secret,
+        join_timeout=_number(flags, "join_timeout", "--join-timeout", 30.0, float),
+        run_dir=flags.get("resilience_dir"))
+    return Topology(1, spec, external, secret)
+
+
+def _exit_of(result) -> int:
+    return result if isinstance(result, int) else result.exit_code
+
+
 async def _run(worker: Worker, app_name: str):
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -251,53 +343,6 @@ async def _run(worker: Worker, app_name: str):
               file=sys.stderr, flush=True)
 
     return await worker.run(on_started=started)
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory: VmHWM where /proc has it (``ru_maxrss`` survives
-    ``exec`` on Linux, so it can report the peak of whatever process started this one).
-
-    Example::
-
-        >>> peak_rss_bytes() > 1_000_000
-        True
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def write_stats(path: str, app_name: str, result, elapsed_s: float) -> None:
-    """Write the ``--stats-file`` JSON (atomically: a reader never sees half of it).
-
-    Example::
-
-        >>> import json, tempfile
-        >>> from wallaroo.runtime.worker import RunResult
-        >>> path = os.path.join(tempfile.mkdtemp(), "stats.json")
-        >>> write_stats(path, "app", RunResult(ingested=3), 0.5)
-        >>> json.load(open(path))["ingested"]
-        3
-    """
-    stats = {"app": app_name, "ingested": result.ingested, "elapsed_s": elapsed_s,
-             "exit_code": result.exit_code,
-             "peak_rss_bytes": peak_rss_bytes(),
-             "errors": {f"{stage}: {kind}": n for (stage, kind), n in result.error_counts.items()},
-             "late": result.late,
-             "sinks": result.sinks}
-    partial = f"{path}.partial"
-    try:
-        with open(partial, "w", encoding="utf-8") as f:
-            json.dump(stats, f, indent=1)
-            f.write("\n")
-        os.replace(partial, path)
-    except OSError as exc:
-        log.error("cannot write --stats-file %s: %s", path, exc)
 
 
 def _user_location(exc: BaseException) -> str:
@@ -316,9 +361,11 @@ def _user_location(exc: BaseException) -> str:
     return where
 
 
-def _setup_logging() -> None:
+def _setup_logging(prefix: str = "wallaroo: ") -> None:
+    for old in list(log.handlers):
+        log.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("wallaroo: %(message)s"))
+    handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -337,12 +384,14 @@ def main(argv: list[str] | None = None) -> int:
         if not target:
             raise UsageError("name the application with --app MODULE[:ATTR] or "
                              "--application-module MODULE (see wallaroo-run --help)")
+        local = LocalBootstrap.from_env()
         later = sorted({name for name, (dest, _, acts) in ENGINE_FLAGS.items()
                         if not acts and dest in flags and name.startswith("--")})
-        if later:
-            log.warning("note: %s accepted; clustering, resilience and metrics are not in this "
-                        "version yet, so this runs as one worker without them", ", ".join(later))
+        if later and local is None:
+            log.warning("note: %s accepted; resilience and metrics are not in this version "
+                        "yet, so this runs without them", ", ".join(later))
         options = _options(flags)
+        topology = _topology(flags)
         wallaroo._ARGS = ["wallaroo-run", *argv]
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
@@ -360,6 +409,16 @@ def main(argv: list[str] | None = None) -> int:
         print("wallaroo-run: the application module failed while loading (traceback above)",
               file=sys.stderr)
         return 2
+    if local is not None:
+        _setup_logging(f"wallaroo [{worker_name(local.index)}]: ")
+        return _exit_of(asyncio.run(run_local_member(local, app, options, source_configs,
+                                                     sink_configs)))
+    if topology.cluster is not None:
+        return asyncio.run(run_cluster_worker(topology.cluster, app, options, source_configs,
+                                              sink_configs, flags.get("stats_file")))
+    if topology.workers > 1:
+        return asyncio.run(supervise(argv, app, options, source_configs, topology.workers,
+                                     flags.get("stats_file"), topology.external, topology.secret))
     started = time.monotonic()
     try:
         result = asyncio.run(_run(worker, app.name))
@@ -367,20 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wallaroo-run: {exc}", file=sys.stderr)
         return 2
     if flags.get("stats_file"):
-        write_stats(flags["stats_file"], app.name, result, time.monotonic() - started)
-    for line in worker.errors.summary():
-        log.warning("%s", line)
-    for window, late in result.late.items():
-        log.warning("window %r dropped %d late message(s): give it a delay (with_delay) or "
-                    "another late-data policy to keep them", window, late)
-    if isinstance(result.failure, StageFailed):
-        failure = result.failure
-        sys.stderr.write(getattr(failure, "traceback_text", ""))
-        print(f"wallaroo-run: stopped: {failure}. Fix the stage, or run with --on-error skip or "
-              f"--on-error dead-letter to go on past such inputs", file=sys.stderr)
-    elif result.failure is not None:
-        print(f"wallaroo-run: stopped by an internal error: {result.failure!r}", file=sys.stderr)
-    if result.undelivered:
-        print(f"wallaroo-run: output was not fully delivered to: {', '.join(result.undelivered)}",
-              file=sys.stderr)
+        write_stats(flags["stats_file"], app.name, result_summary(result, worker),
+                    time.monotonic() - started)
+    report_end(result, worker.errors.summary())
     return result.exit_code

@@ -200,11 +200,12 @@ class SinkProbe:
 
 class SinkContext:
     """What a sink sees of the worker: its name, the back-pressure gate, and ``part_path``
-    (the file a file sink of this worker writes)."""
+    (the file a file sink of this worker writes). A sink that closes the gate stops both this
+    worker's sources and what it takes from other workers."""
 
     def __init__(self, worker: "Worker", name: str):
         self.name = name
-        self.flow = worker.flow
+        self.flow = FlowControl.joined(worker.flow, worker.intake)
         self.part_path = worker.placement.part_path
 
 
@@ -503,13 +504,17 @@ class Worker:
         if self._stopped is not None:
             self._stopped.set()
 
+    def abandon_flush(self) -> None:
+        """Stop waiting for sinks to drain: what they still hold is reported undelivered."""
+        if not self._abandon.is_set():
+            log.warning("second stop request: not waiting for sinks to drain")
+            self._abandon.set()
+
     def signal_stop(self) -> None:
         """What SIGTERM and SIGINT do: the first stops cleanly, a second one stops waiting for
         sinks to drain (what they still hold is reported as undelivered)."""
         if self.stopping and self._stopped is not None and self._stopped.is_set():
-            if not self._abandon.is_set():
-                log.warning("second stop request: not waiting for sinks to drain")
-                self._abandon.set()
+            self.abandon_flush()
             return
         self.request_stop()
 

@@ -1,0 +1,277 @@
+"""The coordinator: runs the life of a cluster of workers over their control connections, and
+answers the external control port.
+
+It starts the workers together once each is ready, ends a run when it is over, stops it when
+asked, and stops every worker when one fails or goes away:
+
+- **End of input.** A run of bounded sources is over when every worker's input is done and
+  nothing is in flight between workers. The coordinator probes every worker for (input done,
+  records sent, records taken); when all inputs are done and the cluster-wide totals of sent
+  and taken records are equal, and again equal and unchanged at the next probe, nothing can
+  be in flight (each worker runs a record to the end before it answers), so it tells every
+  worker to ``finish``: flush its sinks and end.
+- **Stop** (a signal, or ``shutdown`` on the external port): every worker stops its sources,
+  the end of input fires the windows, then the run ends as above. A second stop request
+  tells the workers not to wait for their sinks.
+- **Failure**: a worker whose stage failed, or that went away, makes the coordinator
+  ``abort`` the others: they stop at once, windows unfired.
+
+Example::
+
+    >>> Coordinator([], key_groups=4).status_now()
+    {'worker_names': [], 'worker_count': 0, 'processing_messages': False}
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+from wallaroo.cluster.wire import WireError, encode_message, read_message
+from wallaroo.runtime.placement import Placement
+
+log = logging.getLogger("wallaroo")
+
+#: Seconds between probes once every worker's input is done.
+PROBE_INTERVAL = 0.02
+#: Seconds a worker has to answer a probe or a query.
+ANSWER_TIMEOUT = 10.0
+
+
+@dataclass(eq=False)
+class MemberHandle:
+    """The coordinator's view of one worker: its name, index, control connection and what it
+    last said."""
+
+    name: str
+    index: int
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    pid: int | None = None
+    ready: dict | None = None
+    done: dict | None = None
+    input_done: bool = False
+    lost: bool = False
+    answers: dict = field(default_factory=dict)
+
+    def send(self, message: dict) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(encode_message(message))
+
+
+class Coordinator:
+    """Drives ``members`` (MemberHandles, by index) through a run; ``run()`` returns each
+    worker's summary (None for one that went away).
+
+    ``describe_loss(index)`` words why a worker went away (the supervisor knows its exit
+    status); ``on_ready(members)`` is called once every worker is ready and started.
+    """
+
+    def __init__(self, members: list[MemberHandle], key_groups: int, describe_loss=None,
+                 on_ready=None):
+        self.members = members
+        self.key_groups = key_groups
+        self.describe_loss = describe_loss or (lambda index: "its control connection closed")
+        self.on_ready = on_ready
+        self.started = False
+        self.stopping = False
+        self.finishing = False
+        self.failure: str | None = None
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._ids = itertools.count(1)
+        self._listeners: list[asyncio.Task] = []
+
+    # -- what the external control port asks ------------------------------------------------
+
+    def status_now(self) -> dict:
+        """Worker names and count, and whether the cluster is processing messages."""
+        return {"worker_names": [m.name for m in self.members],
+                "worker_count": len(self.members),
+                "processing_messages": self.started and not self.stopping and not self.finishing}
+
+    async def status(self) -> dict:
+        return self.status_now()
+
+    async def partitions(self) -> dict:
+        """Key group -> worker (as each worker's list of groups), and keys per worker per
+        state computation."""
+        table = Placement(0, max(1, len(self.members)), key_groups=self.key_groups).routing_table()
+        counts = await self._state_counts()
+        return {"key_groups": self.key_groups,
+                "workers": {m.name: table.groups_of(m.index) for m in self.members},
+                "state_partitions": counts}
+
+    async def state_entities(self) -> dict:
+        """Per state computation: keys on each worker, and their total."""
+        counts = await self._state_counts()
+        return {stage: {"workers": per_worker, "total": sum(per_worker.values())}
+                for stage, per_worker in counts.items()}
+
+    async def shutdown(self) -> dict:
+        """A clean shutdown: every worker stops its input, flushes its sinks and exits 0."""
+        self.request_stop()
+        return {"shutting_down": True, "worker_count": len(self.members)}
+
+    async def _state_counts(self) -> dict:
+        replies = await self._ask_all({"type": "query"})
+        counts: dict[str, dict[str, int]] = {}
+        for member, reply in zip(self.members, replies):
+            for stage, n in (reply or {}).get("data", {}).get("state", {}).items():
+                counts.setdefault(stage, {})[member.name] = n
+        return counts
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop the run cleanly (a signal, an external shutdown); a second request stops
+        waiting for sinks."""
+        self._events.put_nowait(("stop_requested", None, {}))
+
+    async def run(self) -> list[dict | None]:
+        loop = asyncio.get_running_loop()
+        self._listeners = [loop.create_task(self._listen(m)) for m in self.members]
+        try:
+            if await self._start():
+                await self._serve()
+            await self._wait_done()
+        finally:
+            for task in self._listeners:
+                task.cancel()
+            for member in self.members:
+                member.writer.close()
+        return [m.done for m in self.members]
+
+    async def _start(self) -> bool:
+        waiting = set(self.members)
+        while waiting:
+            kind, member, message = await self._events.get()
+            if kind == "ready":
+                waiting.discard(member)
+            elif kind == "stop_requested" and member is None:
+                self._abort("the run was stopped before every worker was ready")
+                return False
+            elif kind in ("lost", "failed"):
+                self._member_failed(member, message)
+                return False
+        self._broadcast({"type": "start"})
+        self.started = True
+        log.info("cluster ready: %d workers (%s)", len(self.members),
+                 ", ".join(m.name for m in self.members))
+        if self.on_ready is not None:
+            self.on_ready(self.members)
+        return True
+
+    async def _serve(self) -> None:
+        previous = None
+        while True:
+            probing = self.stopping or all(m.input_done for m in self.members)
+            try:
+                kind, member, message = await asyncio.wait_for(
+                    self._events.get(), PROBE_INTERVAL if probing else None)
+            except asyncio.TimeoutError:
+                totals = await self._probe()
+                if totals is not None and totals == previous:
+                    self.finishing = True
+                    self._broadcast({"type": "finish"})
+                    return
+                previous = totals
+                continue
+            if kind == "input_done":
+                member.input_done = True
+            elif kind == "stop_requested":
+                if self.stopping:
+                    log.warning("second stop request: workers stop waiting for their sinks")
+                    self._broadcast({"type": "abandon"})
+                else:
+                    log.info("stopping: every worker stops its input and flushes its sinks")
+                    self.stopping = True
+                    self._broadcast({"type": "stop"})
+            elif kind in ("lost", "failed"):
+                self._member_failed(member, message)
+                return
+            elif kind == "done":  # a worker ended by itself: it could not go on
+                self._member_failed(member, {"error": "it ended on its own"})
+                return
+
+    async def _probe(self) -> tuple | None:
+        """(sent, taken) over the cluster when every worker's input is done and the two are
+        equal; None otherwise."""
+        replies = await self._ask_all({"type": "probe"})
+        if any(r is None or not r.get("input_done") for r in replies):
+            return None
+        sent = sum(r["sent"] for r in replies)
+        taken = sum(r["received"] for r in replies)
+        return (sent, taken) if sent == taken else None
+
+    async def _ask_all(self, message: dict) -> list[dict | None]:
+        loop = asyncio.get_running_loop()
+        request = next(self._ids)
+        futures = []
+        for member in self.members:
+            future = loop.create_future()
+            if member.lost or member.done is not None:
+                future.set_result(None)
+            else:
+                member.answers[request] = future
+                member.send({**message, "id": request})
+            futures.append(future)
+        try:
+            done, _ = await asyncio.wait(futures, timeout=ANSWER_TIMEOUT)
+        finally:
+            for member in self.members:
+                member.answers.pop(request, None)
+        return [f.result() if f in done and not f.cancelled() else None for f in futures]
+
+    def _member_failed(self, member: MemberHandle, message: dict) -> None:
+        if message.get("error"):
+            why = f"worker {member.name} failed: {message['error']}"
+        else:
+            why = f"worker {member.name} went away ({self.describe_loss(member.index)})"
+        log.error("%s; stopping the other workers (recovery needs --run-with-resilience)", why)
+        self._abort(why)
+
+    def _abort(self, why: str) -> None:
+        self.failure = why
+        self._broadcast({"type": "abort", "why": why})
+
+    async def _wait_done(self) -> None:
+        while not all(m.done is not None or m.lost for m in self.members):
+            kind, member, message = await self._events.get()
+            if kind in ("lost", "failed") and self.failure is None and not self.finishing:
+                self._member_failed(member, message)
+            elif kind == "stop_requested":
+                self._broadcast({"type": "abandon"})
+
+    def _broadcast(self, message: dict) -> None:
+        for member in self.members:
+            member.send(message)
+
+    async def _listen(self, member: MemberHandle) -> None:
+        while True:
+            try:
+                message = await read_message(member.reader)
+            except (WireError, OSError) as exc:
+                log.error("control connection of worker %s broke: %s", member.name, exc)
+                message = None
+            if message is None:
+                if member.done is None:
+                    member.lost = True
+                    for future in member.answers.values():
+                        if not future.done():
+                            future.set_result(None)
+                    self._events.put_nowait(("lost", member, {}))
+                return
+            kind = message.get("type")
+            if kind in ("status", "reply"):
+                future = member.answers.get(message.get("id"))
+                if future is not None and not future.done():
+                    future.set_result(message)
+            elif kind == "ready":
+                member.ready = message
+                self._events.put_nowait(("ready", member, message))
+            elif kind == "done":
+                member.done = message.get("result") or {}
+                self._events.put_nowait(("done", member, message))
+            else:
+                self._events.put_nowait((kind, member, message))

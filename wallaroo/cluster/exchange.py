@@ -1,0 +1,237 @@
+"""Exchanges: batches on their way to the worker that owns their key groups, and the links that
+carry them (shared-memory rings between local workers, TCP between hosts).
+
+An :class:`Exchange` stands where the plan has an exchange edge. It splits each batch by key
+group (``route``, in Cython): the part this worker owns goes straight on to the next chain; each
+other part is serialized (``encode_batch``) into a *record* and sent over the link to its
+owner, which decodes it and pushes it into the same chain of its own (the exchange's number
+names the chain). Watermarks reach every worker.
+
+Credit-based flow control: a link takes every record it is given (nothing is ever dropped), but
+once its peer has not taken what was sent (the ring is full, or the socket's buffer is over its
+high-water mark) it closes this worker's source gate (``flow``) until the peer catches up. A
+worker whose *sinks* cannot keep up also stops taking records from its links (``intake``), so
+a slow sink pushes back on every worker, all the way to the sources.
+
+Example::
+
+    >>> from wallaroo._core.chain import Batch
+    >>> class Keep:
+    ...     def __init__(self): self.got = []
+    ...     def push(self, batch): self.got.extend(batch.values)
+    ...     def send(self, record): self.got.append(decode_record(record)[1].values)
+    >>> local, link = Keep(), Keep()
+    >>> ex = Exchange(7, local, RoutingTable([0, 1]), 0, [None, link], counters=Counters())
+    >>> ex.push(Batch(["a", "b"], keys=["a", "b"], groups=[0, 1]))
+    >>> local.got, link.got
+    (['a'], [['b']])
+    >>> decode_record(encode_record(7, Batch([1])))[0]
+    7
+    >>> words = ["a", "b"]
+    >>> decode_record(encode_record(0, Batch(words, keys=words, groups=[1, 2])))[1].keys
+    ['a', 'b']
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+
+from wallaroo._core.chain import Batch
+from wallaroo._core.frames import FrameError, FrameReader
+from wallaroo._core.routing import RoutingTable, route, same_objects
+from wallaroo._core.serde import decode_batch, encode_batch
+
+log = logging.getLogger("wallaroo")
+
+_RECORD_HEAD = struct.Struct(">IB")    # the exchange's number and flags, then the batch
+_KEYS_ARE_VALUES = 1                   # flag: the batch's keys are its values (sent once)
+_FRAGMENT_MORE = b"\x01"               # a ring record that is part of a longer one
+_FRAGMENT_LAST = b"\x00"
+
+
+class Counters:
+    """Records this worker sent to and took from other workers: the coordinator ends a run
+    once every worker's input is done and the totals match twice in a row.
+
+    Example::
+
+        >>> c = Counters(); c.sent += 2; c.received += 2; c.snapshot()
+        {'sent': 2, 'received': 2}
+    """
+
+    def __init__(self):
+        self.sent = 0
+        self.received = 0
+
+    def snapshot(self) -> dict:
+        return {"sent": self.sent, "received": self.received}
+
+
+def encode_record(exchange_id: int, batch: Batch, serialize=None) -> bytes:
+    """A record: the exchange's number and the batch's bytes (see wallaroo._core.serde).
+    Keys that are the values themselves (a word keyed by itself) are not written twice."""
+    if batch.keys is not None and same_objects(batch.keys, batch.values):
+        batch = Batch(batch.values, None, batch.key, batch.groups, batch.group, batch.ingest_ns,
+                      batch.event_times, batch.origin, batch.watermark)
+        return _RECORD_HEAD.pack(exchange_id, _KEYS_ARE_VALUES) + encode_batch(batch, serialize)
+    return _RECORD_HEAD.pack(exchange_id, 0) + encode_batch(batch, serialize)
+
+
+def decode_record(record, deserialize=None) -> tuple[int, Batch]:
+    """(exchange number, batch) of a record; ValueError if it is not one."""
+    if len(record) < _RECORD_HEAD.size:
+        raise ValueError(f"a record of {len(record)} bytes is too short")
+    view = memoryview(record)
+    exchange_id, flags = _RECORD_HEAD.unpack_from(view)
+    batch = decode_batch(view[_RECORD_HEAD.size:], deserialize)
+    if flags & _KEYS_ARE_VALUES:
+        batch.keys = batch.values
+    return exchange_id, batch
+
+
+class Exchange:
+    """Routes batches by key group: this worker's part to ``local`` (a chain), every other
+    worker's part over ``links[index]`` (``send(record)``).
+
+    Remote parts are sent before the local part runs, so the other workers work meanwhile.
+    """
+
+    def __init__(self, exchange_id: int, local, table: RoutingTable, me: int, links: list,
+                 counters: Counters, serialize=None):
+        self.exchange_id = exchange_id
+        self.local = local
+        self.table = table
+        self.me = me
+        self.links = links
+        self.counters = counters
+        self.serialize = serialize
+        #: Watermark-only batches matter when the chain after this exchange uses them.
+        self.sees_watermarks = bool(getattr(local, "sees_watermarks", False))
+
+    def push(self, batch: Batch) -> None:
+        parts = route(batch, self.table)
+        for index, part in enumerate(parts):
+            if part is not None and index != self.me:
+                self.links[index].send(encode_record(self.exchange_id, part, self.serialize))
+                self.counters.sent += 1
+        mine = parts[self.me]
+        if mine is not None and (mine.values or self.sees_watermarks):
+            self.local.push(mine)
+
+
+class RingLink:
+    """The link to a worker on this machine: records go into a shared-memory ring
+    (wallaroo.runtime.rings); a record longer than the ring's largest goes in fragments.
+
+    ``flow`` is the source gate it closes while the ring has no room (its credit is spent).
+    """
+
+    def __init__(self, writer, flow, peer: str):
+        self.writer = writer
+        self.flow = flow
+        self.peer = peer
+        self.limit = writer.ring.max_record - 1
+        writer.on_drained = self._drained
+
+    def send(self, record: bytes) -> None:
+        view = memoryview(record)
+        accepted = True
+        while len(view) > self.limit:
+            accepted &= self.writer.send(_FRAGMENT_MORE + view[:self.limit])
+            view = view[self.limit:]
+        accepted &= self.writer.send(_FRAGMENT_LAST + view)
+        if not accepted:
+            self.flow.block(self)
+
+    def _drained(self) -> None:
+        self.flow.unblock(self)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class RingIntake:
+    """Takes records from a local worker's ring (joining fragments) and hands each to
+    ``deliver(record)``; stops taking them while the ``intake`` gate is closed."""
+
+    def __init__(self, reader_factory, deliver, intake):
+        self._parts: list[bytes] = []
+        self.deliver = deliver
+        self.reader = reader_factory(self._on_ring_record)
+        intake.subscribe(self.reader.pause, self.reader.resume)
+
+    def start(self) -> None:
+        self.reader.start()
+
+    def _on_ring_record(self, data: bytes) -> None:
+        if data[:1] == _FRAGMENT_MORE:
+            self._parts.append(data[1:])
+            return
+        if self._parts:
+            self._parts.append(data[1:])
+            record, self._parts = b"".join(self._parts), []
+        else:
+            record = data[1:]
+        self.deliver(record)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class TcpLink(asyncio.Protocol):
+    """The link to a worker on another host: length-framed records over one TCP connection,
+    both ways. Over ``HIGH_WATER`` bytes unsent closes the source gate until the peer reads;
+    a closed ``intake`` gate stops reading, so TCP pushes back on the peer.
+
+    ``lost`` is a future set when the connection ends.
+    """
+
+    HIGH_WATER = 8 * 1024 * 1024
+    LOW_WATER = 2 * 1024 * 1024
+
+    def __init__(self, flow, intake, deliver, peer: str):
+        self.flow = flow
+        self.intake = intake
+        self.deliver = deliver
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.reader = FrameReader(4, ">I")
+        self.lost = asyncio.get_running_loop().create_future()
+        self.closing = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.HIGH_WATER, low=self.LOW_WATER)
+        self.intake.subscribe(transport.pause_reading, transport.resume_reading)
+        if self.intake.paused:
+            transport.pause_reading()
+
+    def send(self, record: bytes) -> None:
+        self.transport.write(struct.pack(">I", len(record)) + record)
+
+    def pause_writing(self) -> None:
+        self.flow.block(self)
+
+    def resume_writing(self) -> None:
+        self.flow.unblock(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            records = self.reader.feed(data)
+        except FrameError as exc:
+            log.error("link to %s: bad frame (%s); closing it", self.peer, exc)
+            self.transport.close()
+            return
+        for record in records:
+            self.deliver(record)
+
+    def connection_lost(self, exc) -> None:
+        self.flow.unblock(self)
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()

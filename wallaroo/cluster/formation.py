@@ -1,0 +1,363 @@
+"""A cluster over TCP, formed with the original Wallaroo flags; workers may be on many hosts.
+
+On the first worker::
+
+    wallaroo-run --app wc --cluster-initializer --worker-count 3 \\
+        --control 10.0.0.1:6000 --data 10.0.0.1:6001 --name initializer [--external 10.0.0.1:5050]
+
+On each other worker (same app, same command line otherwise)::
+
+    wallaroo-run --app wc --control 10.0.0.1:6000 --name w1 [--my-data 10.0.0.2:6001]
+
+The phases, each logged:
+
+1. **Connected.** Every worker (the initializer too) listens on its data address and connects
+   to the initializer's control address, proving the cluster secret when there is one. A
+   worker that cannot reach the initializer retries every half second for ``--join-timeout``
+   seconds (default 30), then exits saying what it tried.
+2. **Topology received.** Once ``--worker-count`` workers have joined, the initializer gives
+   each its index (the initializer is 0, the others in the order they joined), the names and
+   data addresses of all, and the number of key groups.
+3. **Ready.** Each worker opens one TCP connection to each worker after it (proving the secret
+   again); records go both ways over it. When every worker is linked to every other, the
+   coordinator (on the initializer) starts them all, and the cluster runs as
+   wallaroo.cluster.coordinator describes.
+
+Each worker keeps a small run file (``<dir>/<app>-<name>.worker.json``: pid, addresses,
+index) while it runs, in ``--resilience-dir`` or the system's temporary folder; a clean stop
+removes it.
+
+Example::
+
+    >>> parse_address("--control", "127.0.0.1:6000")
+    ('127.0.0.1', 6000)
+    >>> parse_address("--control", "6000")
+    Traceback (most recent call last):
+    ...
+    ValueError: --control '6000': give HOST:PORT, such as 127.0.0.1:6000
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+
+from wallaroo.cluster.auth import AuthError, client_handshake, server_handshake
+from wallaroo.cluster.coordinator import Coordinator, MemberHandle
+from wallaroo.cluster.exchange import TcpLink
+from wallaroo.cluster.wire import WireError, encode_message, read_message
+
+log = logging.getLogger("wallaroo")
+
+#: The name the initializer always has (as in the original Wallaroo).
+INITIALIZER = "initializer"
+#: Seconds between attempts to reach the initializer.
+RETRY_INTERVAL = 0.5
+
+
+class FormationError(Exception):
+    """The cluster could not be formed; the message says what was tried and what to check."""
+
+
+def parse_address(flag: str, value: str) -> tuple[str, int]:
+    """(host, port) of a ``HOST:PORT`` flag value (``[v6]:port`` works too)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{flag} {value!r}: give HOST:PORT, such as 127.0.0.1:6000")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class ClusterSpec:
+    """What the cluster flags of one worker say."""
+
+    name: str
+    control: tuple[str, int]
+    initializer: bool = False
+    worker_count: int = 1
+    data: tuple[str, int] | None = None
+    external: tuple[str, int] | None = None
+    secret: str | None = None
+    join_timeout: float = 30.0
+    run_dir: str | None = None
+
+
+class ClusterControl:
+    """What the external port asks, answered by the coordinator once the cluster has formed
+    (before that: who has joined, not processing)."""
+
+    def __init__(self):
+        self.coordinator: Coordinator | None = None
+        self.joined: list[str] = []
+
+    async def status(self) -> dict:
+        if self.coordinator is None:
+            return {"worker_names": list(self.joined), "worker_count": len(self.joined),
+                    "processing_messages": False}
+        return await self.coordinator.status()
+
+    async def partitions(self) -> dict:
+        return await self._formed().partitions()
+
+    async def state_entities(self) -> dict:
+        return await self._formed().state_entities()
+
+    async def shutdown(self) -> dict:
+        return await self._formed().shutdown()
+
+    def _formed(self) -> Coordinator:
+        if self.coordinator is None:
+            raise RuntimeError("the cluster is still forming: "
+                               f"{len(self.joined)} worker(s) joined so far")
+        return self.coordinator
+
+
+class Initializer:
+    """The control port of the first worker: takes ``worker_count`` workers in, sends each the
+    topology, then runs the coordinator."""
+
+    def __init__(self, spec: ClusterSpec, key_groups: int, control: ClusterControl):
+        self.spec = spec
+        self.key_groups = key_groups
+        self.control = control
+        self.joined: list[tuple[dict, asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.formed = asyncio.get_running_loop().create_future()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        host, port = self.spec.control
+        try:
+            self.server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
+        except OSError as exc:
+            raise FormationError(f"cannot listen on --control {host}:{port}: "
+                                 f"{exc.strerror or exc}") from None
+        self.spec.control = (host, self.server.sockets[0].getsockname()[1])   # port 0 picks one
+
+    async def _accept(self, reader, writer) -> None:
+        hello = await server_handshake(reader, writer, self.spec.secret, "control")
+        if hello is None:
+            return
+        name = str(hello.get("name") or "")
+        problem = None
+        if self.formed.done():
+            problem = (f"the cluster already has its {self.spec.worker_count} workers; "
+                       f"start it with a larger --worker-count to add more")
+        elif name in (h["name"] for h, _, _ in self.joined):
+            problem = f"a worker named {name!r} has already joined: give each worker its own --name"
+        if problem is not None:
+            log.warning("refused worker %r: %s", name, problem)
+            writer.write(encode_message({"type": "refused", "why": problem}))
+            writer.close()
+            return
+        self.joined.append((hello, reader, writer))
+        self.control.joined.append(name)
+        log.info("worker %r joined (%d of %d)", name, len(self.joined), self.spec.worker_count)
+        if len(self.joined) == self.spec.worker_count:
+            self.formed.set_result(None)
+
+    async def coordinate(self) -> list:
+        """Wait for every worker, send the topology, run the coordinator to the end."""
+        await self.formed
+        joined = sorted(self.joined, key=lambda j: j[0]["name"] != INITIALIZER)
+        workers = [{"name": h["name"], "data": h["data"], "pid": h.get("pid"),
+                    "host": h.get("host")} for h, _, _ in joined]
+        members = []
+        for index, (hello, reader, writer) in enumerate(joined):
+            writer.write(encode_message({"type": "topology", "index": index, "workers": workers,
+                                         "key_groups": self.key_groups}))
+            members.append(MemberHandle(hello["name"], index, reader, writer, hello.get("pid")))
+        coordinator = Coordinator(members, self.key_groups)
+        self.control.coordinator = coordinator
+        return await coordinator.run()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+class DataPort:
+    """This worker's data listener: the workers before it connect here."""
+
+    def __init__(self, spec: ClusterSpec, host: str, port: int):
+        self.spec = spec
+        self.host, self.port = host, port
+        self.server: asyncio.AbstractServer | None = None
+        self.arrived: dict[int, tuple] = {}
+        self.changed = asyncio.Event()
+
+    async def start(self) -> None:
+        try:
+            self.server = await asyncio.start_server(self._accept, self.host, self.port,
+                                                     reuse_address=True)
+        except OSError as exc:
+            raise FormationError(f"cannot listen for data on {self.host}:{self.port}: "
+                                 f"{exc.strerror or exc}") from None
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def _accept(self, reader, writer) -> None:
+        hello = await server_handshake(reader, writer, self.spec.secret, "data")
+        if hello is None:
+            return
+        self.arrived[int(hello.get("index", -1))] = (reader, writer)
+        self.changed.set()
+
+    async def wait_for(self, index: int, deadline: float) -> tuple:
+        while index not in self.arrived:
+            self.changed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FormationError(f"worker {index} did not connect to this worker's data "
+                                     f"port {self.address}; can it reach this address?")
+            try:
+                await asyncio.wait_for(self.changed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+        return self.arrived.pop(index)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def adopt(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: TcpLink) -> TcpLink:
+    """Hand a connection whose handshake is done over to ``link`` (a Protocol), with any
+    bytes its stream had already read."""
+    transport = writer.transport
+    link.stream = (reader, writer)   # a stream left to the garbage collector closes its socket
+    transport.set_protocol(link)
+    link.connection_made(transport)
+    leftover = bytes(getattr(reader, "_buffer", b""))
+    if leftover:
+        link.data_received(leftover)
+    return link
+
+
+async def join(spec: ClusterSpec, data: DataPort) -> tuple:
+    """Connect to the initializer (retrying until ``join_timeout``); the control connection's
+    (reader, writer)."""
+    host, port = spec.control
+    deadline = time.monotonic() + spec.join_timeout
+    attempts, last = 0, ""
+    warned = False
+    while True:
+        attempts += 1
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            break
+        except OSError as exc:
+            last = exc.strerror or str(exc)
+        if time.monotonic() >= deadline:
+            raise FormationError(
+                f"could not reach the initializer at --control {host}:{port}: {attempts} "
+                f"attempts over {spec.join_timeout:g} s, the last failed with: {last}. Is the "
+                f"initializer running (--cluster-initializer), and is {host}:{port} its "
+                f"--control address, reachable from here?")
+        if not warned:
+            log.warning("cannot reach the initializer at %s:%d yet (%s); retrying for %g s",
+                        host, port, last, spec.join_timeout)
+            warned = True
+        await asyncio.sleep(RETRY_INTERVAL)
+    try:
+        await client_handshake(reader, writer, spec.secret, "control",
+                               {"name": spec.name, "data": data.address, "pid": os.getpid(),
+                                "host": socket.gethostname()})
+    except AuthError as exc:
+        writer.close()
+        raise FormationError(f"the initializer at {host}:{port} refused this worker: {exc}") from None
+    log.info("connected to the initializer at %s:%d", host, port)
+    return reader, writer
+
+
+async def receive_topology(reader, spec: ClusterSpec) -> dict:
+    """The topology the initializer sends once every worker has joined."""
+    try:
+        message = await read_message(reader)
+    except (WireError, OSError) as exc:
+        raise FormationError(f"the control connection broke before the topology came: {exc}") from None
+    if message is None:
+        raise FormationError("the initializer closed the connection before sending the topology")
+    if message.get("type") == "refused":
+        raise FormationError(f"the initializer refused this worker: {message.get('why')}")
+    if message.get("type") != "topology":
+        raise FormationError(f"expected the topology from the initializer, got {message.get('type')!r}")
+    names = [w["name"] for w in message["workers"]]
+    log.info("topology received: %d workers (%s); this is %s, worker %d", len(names),
+             ", ".join(names), spec.name, message["index"])
+    return message
+
+
+def link_over_tcp(data: DataPort, topology: dict, spec: ClusterSpec):
+    """``connect_links`` for a Member of a TCP cluster: connect to every worker after this
+    one, take the connections of every worker before it."""
+    async def connect(member) -> None:
+        me, workers = topology["index"], topology["workers"]
+        worker = member.worker
+        deadline = time.monotonic() + spec.join_timeout
+        for index, info in enumerate(workers):
+            if index == me:
+                continue
+            if index > me:
+                host, port = parse_address("data address", info["data"])
+                try:
+                    reader, writer = await asyncio.open_connection(host, port)
+                    await client_handshake(reader, writer, spec.secret, "data", {"index": me})
+                except (OSError, AuthError) as exc:
+                    raise FormationError(f"cannot link to worker {info['name']} at "
+                                         f"{info['data']}: {exc}") from None
+            else:
+                reader, writer = await data.wait_for(index, deadline)
+            link = TcpLink(worker.flow, worker.intake, member.deliver, info["name"])
+            member.links[index] = adopt(reader, writer, link)
+        log.info("ready: linked to %d other worker(s) over TCP", len(workers) - 1)
+    return connect
+
+
+class RunFile:
+    """A small JSON file naming a running worker (pid, addresses); removed on a clean stop.
+
+    Example::
+
+        >>> import tempfile
+        >>> f = RunFile(tempfile.mkdtemp(), "app", "w1"); f.write({"pid": 1})
+        >>> os.path.exists(f.path), f.remove(), os.path.exists(f.path)
+        (True, None, False)
+    """
+
+    def __init__(self, folder: str | None, app_name: str, worker: str):
+        folder = folder or os.path.join(tempfile.gettempdir(), "wallaroo")
+        os.makedirs(folder, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{app_name}-{worker}")
+        self.path = os.path.join(folder, f"{safe}.worker.json")
+
+    def write(self, data: dict) -> None:
+        partial = self.path + ".partial"
+        with open(partial, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(partial, self.path)
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def default_data_host(control: tuple[str, int]) -> str:
+    """The address this host would use to reach ``control``: where the others can most
+    likely reach this worker's data port."""
+    family = socket.AF_INET6 if ":" in control[0] else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(control)   # no packet is sent: this only picks a route
+            return probe.getsockname()[0]
+    except OSError:
+        return control[0]

@@ -1,0 +1,165 @@
+"""How ``wallaroo-run`` runs with several workers: as the supervisor of local workers, as one
+of them, or as a worker of a TCP cluster (see wallaroo.cluster.supervisor and
+wallaroo.cluster.formation).
+
+Example::
+
+    >>> supervise.__doc__.splitlines()[0]
+    'Start ``count`` local workers and coordinate them; the exit code.'
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import replace
+
+from wallaroo.api.configs import TCPSourceConfig
+from wallaroo.cluster.external import ExternalServer
+from wallaroo.cluster.formation import (
+    ClusterControl, ClusterSpec, DataPort, FormationError, Initializer, RunFile, default_data_host,
+    join, link_over_tcp, receive_topology,
+)
+from wallaroo.cluster.member import ClusterStopped, Member
+from wallaroo.cluster.supervisor import (
+    LocalBootstrap, Supervisor, connect_rings, control_connection, worker_name,
+)
+from wallaroo.runtime.placement import Placement
+from wallaroo.runtime.report import merge_summaries, report_end, result_summary, write_stats
+from wallaroo.runtime.worker import RunOptions, StartupError
+
+log = logging.getLogger("wallaroo")
+
+
+async def run_local_member(local: LocalBootstrap, app, options: RunOptions, source_configs: dict,
+                           sink_configs: dict):
+    """Run as local worker ``local.index`` of a supervisor; the worker's result, or an exit
+    code when it could not start."""
+    source_configs = dict(source_configs)
+    for node in app.graph.sources:
+        config = source_configs.get(node.name, node.spec)
+        if node.name in local.source_ports and isinstance(config, TCPSourceConfig):
+            source_configs[node.name] = TCPSourceConfig(config.name, config.host,
+                                                        local.source_ports[node.name],
+                                                        config.decoder, max_size=config.max_size)
+    placement = Placement(local.index, local.count, worker_name(local.index), options.key_groups)
+    control = await control_connection(local.control_fd)
+    member = Member(app, options, source_configs, sink_configs, placement, control,
+                    app.serializer)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, member.worker.signal_stop)
+    try:
+        result = await member.run(lambda m: connect_rings(m, local))
+    except StartupError as exc:
+        print(f"wallaroo-run: {exc}", file=sys.stderr)
+        return 2
+    except ClusterStopped as exc:
+        log.error("%s", exc)
+        return 1
+    report_end(result, member.worker.errors.summary())
+    return result
+
+
+async def supervise(argv: list[str], app, options: RunOptions, source_configs: dict,
+                    count: int, stats_file: str | None, external: tuple[str, int] | None = None,
+                    secret: str | None = None) -> int:
+    """Start ``count`` local workers and coordinate them; the exit code."""
+    tcp_sources = {}
+    for node in app.graph.sources:
+        config = source_configs.get(node.name, node.spec)
+        if isinstance(config, TCPSourceConfig):
+            tcp_sources[node.name] = (config.host, config.port)
+    pid = os.getpid()
+
+    def announce(members) -> None:
+        pids = ", ".join(str(m.pid) for m in members)
+        print(f'wallaroo: running "{app.name}" (pid {pid}) | {members[0].ready["describe"]} | '
+              f'{count} workers (pids {pids})', file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    supervisor = Supervisor(argv, count, options.key_groups, tcp_sources, announce,
+                            external, secret)
+    code, summaries = await supervisor.run()
+    if stats_file:
+        write_stats(stats_file, app.name, merge_summaries([s for s in summaries if s]),
+                    time.monotonic() - started)
+    return code
+
+
+
+
+async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source_configs: dict,
+                             sink_configs: dict, stats_file: str | None) -> int:
+    """Run as a worker of a TCP cluster (and, with ``--cluster-initializer``, its
+    coordinator); the exit code."""
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    control = ClusterControl()
+    initializer = external = coordinating = None
+    data = None
+    try:
+        if spec.initializer:
+            initializer = Initializer(spec, options.key_groups, control)
+            await initializer.start()
+            coordinating = loop.create_task(initializer.coordinate())
+            log.info("initializer: waiting for %d worker(s) on --control %s:%d",
+                     spec.worker_count, *spec.control)
+        if spec.external is not None:
+            external = ExternalServer(control, *spec.external, secret=spec.secret)
+            await external.start()
+            log.info("external control port on %s:%d", *external.address)
+        host, port = spec.data or (default_data_host(spec.control), 0)
+        data = DataPort(spec, host, port)
+        await data.start()
+        reader, writer = await join(spec, data)
+        topology = await receive_topology(reader, spec)
+    except FormationError as exc:
+        print(f"wallaroo-run: {exc}", file=sys.stderr)
+        await _close(initializer, external, data, coordinating)
+        return 1
+    options = replace(options, key_groups=topology["key_groups"])
+    placement = Placement(topology["index"], len(topology["workers"]), spec.name,
+                          options.key_groups)
+    run_file = RunFile(spec.run_dir, app.name, spec.name)
+    run_file.write({"pid": os.getpid(), "name": spec.name, "index": topology["index"],
+                    "control": "%s:%d" % spec.control, "data": data.address,
+                    "workers": topology["workers"]})
+    member = Member(app, options, source_configs, sink_configs, placement, (reader, writer),
+                    app.serializer)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, member.worker.signal_stop)
+
+    def on_started(worker) -> None:
+        print(f'wallaroo: running "{app.name}" (pid {os.getpid()}) | {worker.describe()} | '
+              f'worker {spec.name} ({placement.index + 1} of {placement.count})',
+              file=sys.stderr, flush=True)
+
+    try:
+        result = await member.run(link_over_tcp(data, topology, spec), on_started)
+    except (StartupError, FormationError, ClusterStopped) as exc:
+        print(f"wallaroo-run: {exc}", file=sys.stderr)
+        await _close(initializer, external, data, coordinating)
+        return 2 if isinstance(exc, StartupError) else 1
+    summaries = await coordinating if coordinating is not None else None
+    await _close(initializer, external, data, None)
+    if stats_file:
+        summary = (merge_summaries([s for s in summaries if s]) if summaries
+                   else result_summary(result, member.worker))
+        write_stats(stats_file, app.name, summary, time.monotonic() - started)
+    report_end(result, member.worker.errors.summary())
+    if result.exit_code == 0:
+        run_file.remove()
+    if coordinating is not None and initializer is not None and control.coordinator is not None \
+            and control.coordinator.failure is not None:
+        return max(result.exit_code, 1)
+    return result.exit_code
+
+
+async def _close(initializer, external, data, coordinating) -> None:
+    for server in (initializer, external, data):
+        if server is not None:
+            await server.close()
+    if coordinating is not None:
+        coordinating.cancel()

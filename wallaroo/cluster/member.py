@@ -1,0 +1,167 @@
+"""One worker of a run with several: its Worker, its links to the other workers, and its side
+of the control connection to the coordinator.
+
+The steps of a member's life, each driven by the coordinator:
+
+1. open its sinks, then its links to every other worker (``connect_links``);
+2. say ``ready``; on ``start``, open its sources;
+3. answer ``probe`` (is my input done, how many records did I send and take) and ``query``
+   (keys per state computation); tell the coordinator when its input is done, when it was
+   asked to stop (a signal) and when a stage failed;
+4. on ``stop``, stop its sources (the end of input fires the windows); on ``finish`` (every
+   worker's input is done and nothing is in flight), flush and close its sinks, say ``done``
+   with what it did, and end; on ``abort`` (another worker failed), stop at once.
+
+Example::
+
+    >>> Member.__doc__.splitlines()[0]
+    'A worker that runs as one of several (see the module docstring).'
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from wallaroo.cluster.exchange import Counters, Exchange, decode_record
+from wallaroo.cluster.wire import WireError, encode_message, read_message
+from wallaroo.runtime.report import result_summary
+from wallaroo.runtime.placement import Placement
+from wallaroo.runtime.worker import RunResult, Worker
+
+log = logging.getLogger("wallaroo")
+
+
+class ClusterStopped(Exception):
+    """The run was stopped because of another worker (it failed, or it or the coordinator
+    went away)."""
+
+
+class Member:
+    """A worker that runs as one of several (see the module docstring).
+
+    ``control`` is the (reader, writer) pair of the control connection; ``serializer`` the
+    app module's (serialize, deserialize), or None.
+    """
+
+    def __init__(self, app, options, source_configs: dict, sink_configs: dict,
+                 placement: Placement, control: tuple, serializer=None):
+        self.placement = placement
+        self.reader, self.writer = control
+        self.serialize, self.deserialize = serializer or (None, None)
+        self.counters = Counters()
+        self.table = placement.routing_table()
+        #: The link to each other worker (``send(record)``), by index; None for this one.
+        self.links: list = [None] * placement.count
+        self._targets: dict[int, object] = {}
+        self.worker = Worker(app, options, source_configs, sink_configs, placement,
+                             exchange=self._exchange)
+        self.worker.on_input_done = lambda: self.tell({"type": "input_done"})
+        self.stopped_by: str | None = None
+        self._finish = asyncio.Event()
+
+    def _exchange(self, edge, target) -> Exchange:
+        self._targets[edge.id] = target
+        return Exchange(edge.id, target, self.table, self.placement.index, self.links,
+                        self.counters, self.serialize)
+
+    def deliver(self, record) -> None:
+        """Run a record another worker sent through the chain its exchange leads to."""
+        try:
+            exchange_id, batch = decode_record(record, self.deserialize)
+            self._targets[exchange_id].push(batch)
+        except Exception as exc:  # user errors are handled in the ops: this is the engine's
+            self.worker.crash(exc)
+        self.counters.received += 1
+
+    def tell(self, message: dict) -> None:
+        """Send a control message to the coordinator (it is small: no need to wait)."""
+        if not self.writer.is_closing():
+            self.writer.write(encode_message(message))
+
+    async def run(self, connect_links, on_started=None) -> RunResult:
+        """Take part in the run until the coordinator ends it; the worker's result.
+        ``connect_links(member)`` fills ``links`` and starts taking records from them."""
+        worker = self.worker
+        await worker.open_sinks()
+        try:
+            await connect_links(self)
+            self.tell({"type": "ready", "describe": worker.describe(),
+                       "sources": [src.describe() for src in worker.sources]})
+            message = await self._next()
+            if message.get("type") != "start":
+                raise ClusterStopped(message.get("why") or "the coordinator stopped the run")
+            await worker.open_sources()
+        except BaseException:
+            await worker.stop_input(fire_windows=False)
+            await worker.finish_output()
+            raise
+        if on_started is not None:
+            on_started(worker)
+        watcher = asyncio.get_running_loop().create_task(self._watch_worker())
+        control = asyncio.get_running_loop().create_task(self._serve_control())
+        await self._finish.wait()
+        watcher.cancel()
+        await worker.finish_output()
+        result = worker.result()
+        if self.stopped_by is not None and result.failure is None:
+            result.failure = ClusterStopped(self.stopped_by)
+        self.tell({"type": "done", "result": result_summary(result, worker)})
+        try:
+            await asyncio.wait_for(control, timeout=5.0)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            control.cancel()
+        self.writer.close()
+        return result
+
+    async def _next(self) -> dict:
+        try:
+            message = await read_message(self.reader)
+        except (WireError, OSError) as exc:
+            raise ClusterStopped(f"the control connection broke: {exc}") from None
+        if message is None:
+            raise ClusterStopped("the coordinator closed the control connection")
+        return message
+
+    async def _watch_worker(self) -> None:
+        """Tell the coordinator when this worker was asked to stop, or failed."""
+        await self.worker.wait_stopped()
+        if self.worker.failure is not None:
+            self.tell({"type": "failed", "error": f"{type(self.worker.failure).__name__}: "
+                                                  f"{self.worker.failure}"})
+        else:
+            self.tell({"type": "stop_requested"})
+
+    async def _serve_control(self) -> None:
+        worker = self.worker
+        while True:
+            try:
+                message = await self._next()
+            except ClusterStopped as exc:
+                if not self._finish.is_set():
+                    log.error("%s: stopping", exc)
+                    self.stopped_by = str(exc)
+                    await worker.stop_input(fire_windows=False)
+                    self._finish.set()
+                return
+            kind = message.get("type")
+            if kind == "probe":
+                self.tell({"type": "status", "id": message.get("id"),
+                           "input_done": worker.input_done or worker.stopping,
+                           **self.counters.snapshot()})
+            elif kind == "query":
+                self.tell({"type": "reply", "id": message.get("id"),
+                           "data": {"state": worker.state_counts(), "ingested": worker.ingested,
+                                    "pid": os.getpid()}})
+            elif kind == "stop":
+                await worker.stop_input()
+            elif kind == "abort":
+                self.stopped_by = message.get("why") or "another worker failed"
+                if worker.failure is not None:
+                    self.stopped_by = None
+                await worker.stop_input(fire_windows=False)
+                self._finish.set()
+            elif kind == "finish":
+                self._finish.set()
+            elif kind == "abandon":  # a second stop request: do not wait for sinks
+                worker.abandon_flush()

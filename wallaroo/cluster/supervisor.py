@@ -1,0 +1,219 @@
+"""``wallaroo-run --workers N``: N worker processes on this machine, under a supervisor.
+
+The supervisor (the ``wallaroo-run`` process itself) makes, before it starts any worker:
+
+- a shared-memory ring (with its two eventfds) for each ordered pair of workers: the records
+  worker i sends to worker j go through ring (i, j), with no system call while both are busy;
+- a control connection (a socket pair) to each worker;
+- for each TCP source on port 0, a port picked once (a socket bound with SO_REUSEPORT, held
+  until every worker listens), so that every worker accepts on the same address.
+
+It then starts the workers: each is ``wallaroo-run`` again, with the same command line and
+``WALLAROO_LOCAL_WORKER`` (its index, the fds it inherits) in its environment. The supervisor
+runs the coordinator (wallaroo.cluster.coordinator), prints the startup line once every worker
+is ready, passes SIGTERM/SIGINT on as a clean stop, and reports a worker that dies.
+
+Example::
+
+    >>> bootstrap = LocalBootstrap(index=1, count=2, control_fd=5, rings_out={0: [6, 7, 8]},
+    ...                            rings_in={0: [9, 10, 11]}, source_ports={"text": 7000})
+    >>> LocalBootstrap.from_env({ENV: bootstrap.to_env()}) == bootstrap
+    True
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import asdict, dataclass, field
+
+from wallaroo.cluster.coordinator import Coordinator, MemberHandle
+from wallaroo.cluster.exchange import RingIntake, RingLink
+from wallaroo.cluster.external import ExternalServer
+from wallaroo.runtime.rings import Ring, RingReader, RingWriter, make_ring_pair
+
+log = logging.getLogger("wallaroo")
+
+#: The environment variable that makes ``wallaroo-run`` a local worker of a supervisor.
+ENV = "WALLAROO_LOCAL_WORKER"
+#: Bytes of each ring between two local workers (one per direction).
+RING_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class LocalBootstrap:
+    """What a local worker is told by its supervisor: its index of ``count``, the fd of its
+    control connection, the (ring, data eventfd, space eventfd) fds of the ring to (out) and
+    from (in) each other worker, and the port each port-0 TCP source listens on."""
+
+    index: int
+    count: int
+    control_fd: int
+    rings_out: dict = field(default_factory=dict)
+    rings_in: dict = field(default_factory=dict)
+    source_ports: dict = field(default_factory=dict)
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls, environ=None) -> "LocalBootstrap | None":
+        raw = (environ if environ is not None else os.environ).get(ENV)
+        if not raw:
+            return None
+        data = json.loads(raw)
+        data["rings_out"] = {int(k): v for k, v in data["rings_out"].items()}
+        data["rings_in"] = {int(k): v for k, v in data["rings_in"].items()}
+        return cls(**data)
+
+
+def worker_name(index: int) -> str:
+    """The name of local worker ``index`` (in logs, status and partitions)."""
+    return f"worker-{index}"
+
+
+def reserve_ports(tcp_sources: dict) -> tuple[dict, list]:
+    """For each TCP source (name -> (host, port)) on port 0, pick a port all local workers can
+    share: a socket bound with SO_REUSEPORT holds it. Returns (name -> port, held sockets)."""
+    ports, held = {}, []
+    for name, (host, port) in tcp_sources.items():
+        if port != 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, 0))
+        ports[name] = sock.getsockname()[1]
+        held.append(sock)
+    return ports, held
+
+
+class Supervisor:
+    """Starts ``count`` local workers running ``argv`` and coordinates them; ``run()``
+    returns the exit code and each worker's summary."""
+
+    def __init__(self, argv: list[str], count: int, key_groups: int, tcp_sources: dict,
+                 announce, external: tuple[str, int] | None = None, secret: str | None = None):
+        self.external = external
+        self.secret = secret
+        self.argv = argv
+        self.count = count
+        self.key_groups = key_groups
+        self.tcp_sources = tcp_sources
+        self.announce = announce
+        self.processes: list[asyncio.subprocess.Process] = []
+
+    async def run(self) -> tuple[int, list]:
+        loop = asyncio.get_running_loop()
+        ports, held = reserve_ports(self.tcp_sources)
+        rings = {}   # (i, j) -> (ring, data_fd, space_fd): what worker i sends worker j
+        for i in range(self.count):
+            for j in range(self.count):
+                if i != j:
+                    rings[(i, j)] = make_ring_pair(RING_BYTES)
+        members = []
+        for index in range(self.count):
+            ours, theirs = socket.socketpair()
+            bootstrap = LocalBootstrap(
+                index, self.count, theirs.fileno(),
+                rings_out={j: _fds(rings[(index, j)]) for j in range(self.count) if j != index},
+                rings_in={i: _fds(rings[(i, index)]) for i in range(self.count) if i != index},
+                source_ports=ports)
+            inherited = [theirs.fileno(), *(fd for fds in bootstrap.rings_out.values() for fd in fds),
+                         *(fd for fds in bootstrap.rings_in.values() for fd in fds)]
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _CHILD, *self.argv,
+                env={**os.environ, ENV: bootstrap.to_env()}, pass_fds=inherited,
+                preexec_fn=_ignore_sigint)
+            theirs.close()
+            self.processes.append(process)
+            reader, writer = await asyncio.open_connection(sock=ours)
+            members.append(MemberHandle(worker_name(index), index, reader, writer, process.pid))
+        for ring, data_fd, space_fd in rings.values():   # the workers hold their own copies
+            ring.close()
+            os.close(data_fd)
+            os.close(space_fd)
+
+        def ready(handles) -> None:
+            for sock in held:
+                sock.close()
+            self.announce(handles)
+
+        coordinator = Coordinator(members, self.key_groups, self._describe_loss, ready)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, coordinator.request_stop)
+        external = None
+        if self.external is not None:
+            external = ExternalServer(coordinator, *self.external, secret=self.secret)
+            await external.start()
+            log.info("external control port on %s:%d", *external.address)
+        try:
+            summaries = await coordinator.run()
+        finally:
+            if external is not None:
+                await external.close()
+        codes = await asyncio.gather(*(self._reap(p) for p in self.processes))
+        for sock in held:
+            sock.close()
+        code = max(codes) if codes else 0
+        if coordinator.failure is not None:
+            code = max(code, 1)
+        return code, summaries
+
+    async def _reap(self, process) -> int:
+        try:
+            return await asyncio.wait_for(process.wait(), timeout=15.0)
+        except asyncio.TimeoutError:
+            log.error("worker (pid %d) did not exit; killing it", process.pid)
+            process.kill()
+            await process.wait()
+            return 1
+
+    def _describe_loss(self, index: int) -> str:
+        process = self.processes[index]
+        code = process.returncode
+        if code is None:
+            return f"pid {process.pid}: its control connection closed"
+        if code < 0:
+            return f"pid {process.pid} was killed by {signal.Signals(-code).name}"
+        return f"pid {process.pid} exited with code {code}"
+
+
+# How a worker starts: wallaroo-run's own entry point, with the supervisor's command line.
+_CHILD = "import sys; from wallaroo.cli import run_main; run_main(sys.argv[1:])"
+
+
+def _fds(triple) -> list[int]:
+    ring, data_fd, space_fd = triple
+    return [ring.fd, data_fd, space_fd]
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole process group: the supervisor alone decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+async def connect_rings(member, bootstrap: LocalBootstrap) -> None:
+    """Attach a local worker to its rings: a RingLink to each other worker, and a RingIntake
+    taking what each sends it."""
+    worker = member.worker
+    for peer, (ring_fd, data_fd, space_fd) in bootstrap.rings_out.items():
+        writer = RingWriter(Ring.attach(ring_fd), data_fd, space_fd)
+        member.links[peer] = RingLink(writer, worker.flow, worker_name(peer))
+    for peer, (ring_fd, data_fd, space_fd) in bootstrap.rings_in.items():
+        ring = Ring.attach(ring_fd)
+        intake = RingIntake(
+            lambda deliver, ring=ring, d=data_fd, s=space_fd: RingReader(ring, d, s, deliver),
+            member.deliver, worker.intake)
+        intake.start()
+
+
+async def control_connection(fd: int) -> tuple:
+    """The (reader, writer) of the control connection a supervisor passed as ``fd``."""
+    sock = socket.socket(fileno=fd)
+    return await asyncio.open_connection(sock=sock)
