@@ -79,6 +79,10 @@ class Coordinator:
         self.finishing = False
         self.failure: str | None = None
         self._events: asyncio.Queue = asyncio.Queue()
+        #: Who asked to stop (a worker, or None for the coordinator's own signal or the
+        #: external port): a second request from the same one stops waiting for sinks, while
+        #: one signal reaching every process at once (systemd, pkill -f) is one request.
+        self._stop_requests: dict = {}
         self._ids = itertools.count(1)
         self._listeners: list[asyncio.Task] = []
 
@@ -180,10 +184,11 @@ class Coordinator:
             if kind == "input_done":
                 member.input_done = True
             elif kind == "stop_requested":
-                if self.stopping:
+                self._stop_requests[member] = self._stop_requests.get(member, 0) + 1
+                if self._stop_requests[member] > 1:
                     log.warning("second stop request: workers stop waiting for their sinks")
                     self._broadcast({"type": "abandon"})
-                else:
+                elif not self.stopping:
                     log.info("stopping: every worker stops its input and flushes its sinks")
                     self.stopping = True
                     self._broadcast({"type": "stop"})
@@ -241,7 +246,9 @@ class Coordinator:
             if kind in ("lost", "failed") and self.failure is None and not self.finishing:
                 self._member_failed(member, message)
             elif kind == "stop_requested":
-                self._broadcast({"type": "abandon"})
+                self._stop_requests[member] = self._stop_requests.get(member, 0) + 1
+                if self._stop_requests[member] > 1:
+                    self._broadcast({"type": "abandon"})
 
     def _broadcast(self, message: dict) -> None:
         for member in self.members:
