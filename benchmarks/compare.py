@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -268,6 +269,54 @@ def _check_stats(case: Case, stats: dict, sent: int) -> None:
                                f"messages of the {sent:,} sent")
     if stats.get("errors"):
         raise WorkloadMismatch(f"{case.work.name}: the engine counted errors: {stats['errors']}")
+
+
+# --- scaling: the same files run on 1, 2, ... local workers ----------------------------------------
+
+def run_scaling(case: Case, counts: list[int], rounds: int) -> list[dict]:
+    """``wallaroo-run --workers N`` on the workload's files for each N in ``counts``: the
+    throughput from the moment every worker is reading (startup left out) to the end, its
+    ratio to the first count's, and the plain twin's throughput on the same files (one
+    process). Every round checks the part files hold exactly the twin's outputs."""
+    w = case.work
+    reference, paths = case.reference, case.files
+    out = case.tmp / f"{w.name}.scaling.out"
+    args = [arg for name, path in paths.items() for arg in ("--bench-file", f"{name}={path}")]
+    twin_s = []
+    for _ in range(rounds):
+        out.unlink(missing_ok=True)
+        twin_s.append(run_twin(w.name, paths, ["--output", str(out)])["seconds"])
+    results = []
+    for count in counts:
+        seconds, walls = [], []
+        for _ in range(rounds):
+            for part in case.tmp.glob(f"{out.name}*"):
+                part.unlink()
+            engine = Engine(w.name, case.tmp, [*args, "--bench-output", str(out),
+                                               "--workers", str(count)])
+            engine.wait(timeout=3600)
+            walls.append(time.monotonic() - engine.started_at)
+            stats = engine.stats()
+            _check_stats(case, stats, case.messages)
+            written = b"".join(p.read_bytes() for p in sorted(case.tmp.glob(f"{out.name}*")))
+            got = Counter(split_messages(written, w.out_framing))
+            if got != Counter(split_messages(reference, w.out_framing)):
+                raise WorkloadMismatch(f"{w.name} on {count} workers: the part files do not "
+                                       f"hold the plain loop's outputs")
+            seconds.append(stats["processing_s"])
+        results.append({"workload": w.name, "workers": count, "items": case.items,
+                        "processing_s": seconds, "wall_s": walls,
+                        "rate": case.items / statistics.median(seconds),
+                        "plain_rate": case.items / statistics.median(twin_s)})
+    for r in results:
+        r["speedup"] = r["rate"] / results[0]["rate"]
+    return results
+
+
+def format_scaling(r: dict) -> str:
+    return (f"{r['workload']:<16}{r['workers']:>8}{r['items']:>12,}{r['rate']:>14,.0f}"
+            f"{r['speedup']:>9.2f}{r['plain_rate']:>14,.0f}{r['rate'] / r['plain_rate']:>8.2f}"
+            f"{statistics.median(r['wall_s']):>9.2f}")
 
 
 # --- TCP ----------------------------------------------------------------------------------------
@@ -672,6 +721,11 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--state-keys", type=int, default=None, metavar="K",
                         help="state bytes per key from runs with K and 2K keys (default "
                              "50,000 x scale; 0 skips)")
+    parser.add_argument("--scaling", nargs="?", const="1,2", default=None, metavar="COUNTS",
+                        help="also run the workloads on files with --workers for each count "
+                             "(default 1,2) and report the speedup over the first")
+    parser.add_argument("--scaling-workloads", default="word_count",
+                        help="workloads for --scaling (default word_count)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     parser.add_argument("--smoke", action="store_true",
                         help="a quick check that everything runs: allows --rounds 1")
@@ -696,6 +750,15 @@ def parse_args(argv: list[str] | None):
                                                 filter(None, args.peak.split(",")))}
     except ValueError:
         parser.error("--peak takes NAME=RATE[,NAME=RATE...], e.g. word_count=137000")
+    if args.scaling:
+        try:
+            args.scaling = [int(n) for n in args.scaling.split(",")]
+        except ValueError:
+            parser.error("--scaling takes worker counts, e.g. 1,2")
+        args.scaling_workloads = [n.strip() for n in args.scaling_workloads.split(",")]
+        bad = [n for n in args.scaling_workloads if n not in WORKLOADS]
+        if bad:
+            parser.error(f"unknown --scaling-workloads {', '.join(bad)}")
     if args.state_keys is None:
         args.state_keys = max(1000, int(50_000 * args.scale))
     return args
@@ -736,6 +799,19 @@ def main(argv: list[str] | None = None) -> int:
                 r = state_per_key(WORKLOADS[name], args.state_keys)
                 report["state"].append(r)
                 print(f"{name:<16}{r['engine']:>14,.0f}{r['plain']:>13,.0f}", flush=True)
+        if args.scaling:
+            print(f"\n# scaling: wallaroo-run --workers N on files; rate from every worker "
+                  f"reading to the end (startup left out, wall = whole run in s); speedup over "
+                  f"{args.scaling[0]} worker(s); plain = the twin in one process")
+            print(f"{'workload':<16}{'workers':>8}{'items':>12}{'items/s':>14}{'speedup':>9}"
+                  f"{'plain/s':>14}{'ratio':>8}{'wall':>9}")
+            report["scaling"] = []
+            for name in args.scaling_workloads:
+                work = WORKLOADS[name]
+                case = Case(work, max(200, int(work.size * args.scale)), tmp)
+                for r in run_scaling(case, args.scaling, args.rounds):
+                    report["scaling"].append(r)
+                    print(format_scaling(r), flush=True)
         if args.latency:
             report["latency"] = run_latency(args.latency, args, tmp)
         if args.soak:

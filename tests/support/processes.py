@@ -271,3 +271,12 @@ class Proc:
         except subprocess.TimeoutExpired:
             pass
         self._join_readers(2)
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM, ...) of a running process."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"/proc/{pid}/status has no {field}")

@@ -147,10 +147,25 @@ class Coordinator:
         return [m.done for m in self.members]
 
     async def _start(self) -> bool:
+        """Wait until every worker is ready (sinks and links open), start them all, and wait
+        until every one has opened its sources."""
+        if not await self._all_say("ready"):
+            return False
+        self._broadcast({"type": "start"})
+        if not await self._all_say("started"):
+            return False
+        self.started = True
+        log.info("cluster ready: %d workers (%s)", len(self.members),
+                 ", ".join(m.name for m in self.members))
+        if self.on_ready is not None:
+            self.on_ready(self.members)
+        return True
+
+    async def _all_say(self, what: str) -> bool:
         waiting = set(self.members)
         while waiting:
             kind, member, message = await self._events.get()
-            if kind == "ready":
+            if kind == what:
                 waiting.discard(member)
             elif kind == "stop_requested" and member is None:
                 self._abort("the run was stopped before every worker was ready")
@@ -158,12 +173,8 @@ class Coordinator:
             elif kind in ("lost", "failed"):
                 self._member_failed(member, message)
                 return False
-        self._broadcast({"type": "start"})
-        self.started = True
-        log.info("cluster ready: %d workers (%s)", len(self.members),
-                 ", ".join(m.name for m in self.members))
-        if self.on_ready is not None:
-            self.on_ready(self.members)
+            elif kind == "input_done":
+                member.input_done = True
         return True
 
     async def _serve(self) -> None:

@@ -4,7 +4,7 @@ of the control connection to the coordinator.
 The steps of a member's life, each driven by the coordinator:
 
 1. open its sinks, then its links to every other worker (``connect_links``);
-2. say ``ready``; on ``start``, open its sources;
+2. say ``ready``; on ``start``, open its sources and say ``started``;
 3. answer ``probe`` (is my input done, how many records did I send and take) and ``query``
    (keys per state computation); tell the coordinator when its input is done, when it was
    asked to stop (a signal) and when a stage failed;
@@ -92,6 +92,7 @@ class Member:
             if message.get("type") != "start":
                 raise ClusterStopped(message.get("why") or "the coordinator stopped the run")
             await worker.open_sources()
+            self.tell({"type": "started"})
         except BaseException:
             await worker.stop_input(fire_windows=False)
             await worker.finish_output()

@@ -18,10 +18,11 @@ from wallaroo.connectors.base import READ_SIZE, Sink, Source
 class FileSource(Source):
     """Reads a file once: text lines (str) without a decoder, frames with one.
 
-    With several workers (``ctx.share`` is ``(index, count)``), a text file is split into
-    ``count`` byte ranges and each worker reads the lines that *start* in its range, so every
-    line is read once; a framed file cannot be cut without reading it, so the first worker
-    reads it all.
+    With several workers (``ctx.share`` is ``(index, count)``) each reads a share, so every
+    message is read once: a text file is split into ``count`` byte ranges and each worker
+    reads the lines that *start* in its range; a framed file cannot be cut without reading its
+    headers, so each worker cuts all of it into frames (in C) and takes every ``count``-th
+    frame, from frame ``index`` on.
 
     Example::
 
@@ -38,9 +39,8 @@ class FileSource(Source):
         self._read = 0
         self._size: int | None = None
 
-    @property
-    def spread(self) -> str:
-        return "every" if self.config.decoder is None else "first"
+    #: With several workers, each reads its share (see the class docstring).
+    spread = "every"
 
     async def start(self) -> None:
         try:
@@ -56,7 +56,7 @@ class FileSource(Source):
             self._size = end - start
             self._produce_in_background(self._produce(_Bounded(handle, end - start)))
         else:
-            self._produce_in_background(self._produce(handle))
+            self._produce_in_background(self._produce(handle, index, count))
 
     def _reader(self):
         dec = self.config.decoder
@@ -65,8 +65,19 @@ class FileSource(Source):
         header = dec.header_length() if callable(getattr(dec, "header_length", None)) else 4
         return FrameReader(header, getattr(dec, "length_fmt", None), dec.payload_length)
 
-    async def _produce(self, handle) -> None:
+    async def _produce(self, handle, index: int = 0, count: int = 1) -> None:
         reader = self._reader()
+        frames_seen = 0
+
+        def mine(values: list) -> list:
+            """This worker's frames of those just cut: every count-th one."""
+            nonlocal frames_seen
+            if count == 1:
+                return values
+            first = (index - frames_seen) % count
+            frames_seen += len(values)
+            return values[first::count]
+
         with handle:
             while True:
                 await self.ctx.flow.wait_open()
@@ -77,10 +88,13 @@ class FileSource(Source):
                 try:
                     values = reader.feed(chunk)
                 except FrameError as exc:  # a header the decoder cannot read: stop here
-                    if exc.frames:
-                        self.ctx.emit(exc.frames)
-                    self.ctx.bad_input("frame", exc.header, exc)
+                    rest = mine(exc.frames)
+                    if rest:
+                        self.ctx.emit(rest)
+                    if index == 0:   # every worker finds it: the first reports it
+                        self.ctx.bad_input("frame", exc.header, exc)
                     return
+                values = mine(values)
                 if values and not self.ctx.emit(values):
                     return
                 await asyncio.sleep(0)
@@ -90,7 +104,7 @@ class FileSource(Source):
                 self.ctx.emit(rest)
         else:
             rest = reader.take_pending()
-            if rest:
+            if rest and index == 0:
                 self.ctx.bad_input("truncated_frame", rest, EOFError(
                     f"{self.config.path}: the last {len(rest)} bytes are an unfinished frame"))
 

@@ -15,6 +15,7 @@ import logging
 import os
 import resource
 import sys
+import time
 
 from wallaroo._core.histogram import Histogram
 from wallaroo.errors import StageFailed
@@ -43,8 +44,11 @@ def peak_rss_bytes() -> int:
 
 def result_summary(result, worker=None) -> dict:
     """One worker's run as JSON-ready data: messages in, exit code, errors, late drops, what
-    reached each sink, peak RSS, what could not be delivered, and the worker's name."""
+    reached each sink, peak RSS, what could not be delivered, the worker's name, and
+    ``processing_s``: the seconds from opening its sources to now (startup left out)."""
+    opened = getattr(worker, "sources_opened_at", None)
     return {"ingested": result.ingested, "exit_code": result.exit_code,
+            "processing_s": time.monotonic() - opened if opened is not None else None,
             "peak_rss_bytes": peak_rss_bytes(),
             "errors": {f"{stage}: {kind}": n for (stage, kind), n in result.error_counts.items()},
             "late": result.late,
@@ -56,7 +60,8 @@ def result_summary(result, worker=None) -> dict:
 def merge_summaries(summaries: list[dict]) -> dict:
     """The summaries of several workers as one: counts added, sinks merged by name
     (histograms merged), the highest exit code and peak RSS; ``workers`` keeps each one."""
-    merged: dict = {"ingested": 0, "exit_code": 0, "peak_rss_bytes": 0, "errors": {},
+    merged: dict = {"ingested": 0, "exit_code": 0, "peak_rss_bytes": 0, "processing_s": None,
+                    "errors": {},
                     "late": {}, "sinks": [], "undelivered": [], "workers": summaries}
     sinks: dict[str, dict] = {}
     for summary in summaries:
@@ -64,6 +69,8 @@ def merge_summaries(summaries: list[dict]) -> dict:
         merged["exit_code"] = max(merged["exit_code"], summary["exit_code"])
         merged["peak_rss_bytes"] = max(merged["peak_rss_bytes"], summary["peak_rss_bytes"])
         merged["undelivered"] += summary["undelivered"]
+        if summary.get("processing_s") is not None:
+            merged["processing_s"] = max(merged["processing_s"] or 0.0, summary["processing_s"])
         for field in ("errors", "late"):
             for name, n in summary[field].items():
                 merged[field][name] = merged[field].get(name, 0) + n

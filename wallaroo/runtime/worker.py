@@ -266,6 +266,7 @@ class Worker:
         #: Called, when set, once every source of this worker is done (instead of ending
         #: the run: with several workers the cluster decides when the run ends).
         self.on_input_done = None
+        self.sources_opened_at: float | None = None
         self.stopping = False
         self.failure: BaseException | None = None
         self.ingested = 0
@@ -445,6 +446,8 @@ class Worker:
         """Start every source, and the clock of the windows; StartupError if a source cannot
         be opened (the sinks are closed then too)."""
         await self._open(self.sources, also_close=self.sinks)
+        #: When input began (time.monotonic()): processing time counts from here.
+        self.sources_opened_at = time.monotonic()
         if self._window_chains:
             self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
