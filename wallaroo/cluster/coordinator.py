@@ -206,6 +206,10 @@ class Coordinator:
             elif kind in ("lost", "failed"):
                 self._member_failed(member, message)
                 return
+            elif kind == "link_lost":
+                self._member_failed(member, {"error": f"its link to worker {message.get('peer')} "
+                                                      f"broke"})
+                return
             elif kind == "done":  # a worker ended by itself: it could not go on
                 self._member_failed(member, {"error": "it ended on its own"})
                 return

@@ -184,7 +184,8 @@ class TcpLink(asyncio.Protocol):
     both ways. Over ``HIGH_WATER`` bytes unsent closes the source gate until the peer reads;
     a closed ``intake`` gate stops reading, so TCP pushes back on the peer.
 
-    ``lost`` is a future set when the connection ends.
+    ``lost`` is a future set when the connection ends; ``on_lost(peer)`` (an attribute) is
+    called then unless ``close()`` was called first.
     """
 
     HIGH_WATER = 8 * 1024 * 1024
@@ -199,6 +200,7 @@ class TcpLink(asyncio.Protocol):
         self.reader = FrameReader(4, ">I")
         self.lost = asyncio.get_running_loop().create_future()
         self.closing = False
+        self.on_lost = lambda peer: None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -230,6 +232,8 @@ class TcpLink(asyncio.Protocol):
         self.flow.unblock(self)
         if not self.lost.done():
             self.lost.set_result(exc)
+        if not self.closing:
+            self.on_lost(self.peer)
 
     def close(self) -> None:
         self.closing = True

@@ -316,6 +316,7 @@ def link_over_tcp(data: DataPort, topology: dict, spec: ClusterSpec):
             else:
                 reader, writer = await data.wait_for(index, deadline)
             link = TcpLink(worker.flow, worker.intake, member.deliver, info["name"])
+            link.on_lost = member.link_lost
             member.links[index] = adopt(reader, writer, link)
         log.info("ready: linked to %d other worker(s) over TCP", len(workers) - 1)
     return connect

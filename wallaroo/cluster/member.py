@@ -74,6 +74,12 @@ class Member:
             self.worker.crash(exc)
         self.counters.received += 1
 
+    def link_lost(self, peer: str) -> None:
+        """The link to ``peer`` broke: records may be lost, so the coordinator must decide (it
+        ignores this once the run is finishing, when workers exit one by one)."""
+        if not self._finish.is_set():
+            self.tell({"type": "link_lost", "peer": peer})
+
     def tell(self, message: dict) -> None:
         """Send a control message to the coordinator (it is small: no need to wait)."""
         if not self.writer.is_closing():

@@ -128,8 +128,7 @@ class Supervisor:
                          *(fd for fds in bootstrap.rings_in.values() for fd in fds)]
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", _CHILD, *self.argv,
-                env={**os.environ, ENV: bootstrap.to_env()}, pass_fds=inherited,
-                preexec_fn=_ignore_sigint)
+                env={**os.environ, ENV: bootstrap.to_env()}, pass_fds=inherited)
             theirs.close()
             self.processes.append(process)
             reader, writer = await asyncio.open_connection(sock=ours)
@@ -191,11 +190,6 @@ _CHILD = "import sys; from wallaroo.cli import run_main; run_main(sys.argv[1:])"
 def _fds(triple) -> list[int]:
     ring, data_fd, space_fd = triple
     return [ring.fd, data_fd, space_fd]
-
-
-def _ignore_sigint() -> None:
-    # Ctrl-C reaches the whole process group: the supervisor alone decides what it means.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 async def connect_rings(member, bootstrap: LocalBootstrap) -> None:
