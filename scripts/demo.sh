@@ -3,7 +3,8 @@
 #
 # What it does, step by step:
 #   1. starts `wallaroo receive`, a TCP server that collects the application's output;
-#   2. starts the word count example with `wallaroo-run` (its TCP source on a free port);
+#   2. starts the word count example with `wallaroo-run` on $WORKERS worker processes (default
+#      2; the app is unchanged), its TCP source on a free port;
 #   3. sends examples/word_count/count_this.txt (the Bill of Rights) with `wallaroo send`;
 #   4. waits for one output line per word, prints the final count of every word;
 #   5. stops the application with SIGTERM and checks that it exited cleanly (status 0).
@@ -15,6 +16,7 @@ EXAMPLE="$ROOT/examples/word_count"
 TEXT="$EXAMPLE/count_this.txt"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/wallaroo-demo.XXXXXX")"
 TIMEOUT=30   # seconds allowed for each step
+WORKERS="${WORKERS:-2}"
 
 RECEIVER_PID=""
 APP_PID=""
@@ -72,8 +74,8 @@ line=$(wait_for_line "$WORK/receive.log" 'listening on' "$RECEIVER_PID") \
 OUT_ADDR=${line##* }
 echo "    $line"
 
-say "2. Starting the word count application (wallaroo-run)"
-(cd "$EXAMPLE" && exec "$BIN/wallaroo-run" --application-module word_count \
+say "2. Starting the word count application on $WORKERS workers (wallaroo-run --workers $WORKERS)"
+(cd "$EXAMPLE" && exec "$BIN/wallaroo-run" --application-module word_count --workers "$WORKERS" \
     --in 'Split and Count@127.0.0.1:0' --out "$OUT_ADDR") 2> "$WORK/wallaroo-run.log" &
 APP_PID=$!
 line=$(wait_for_line "$WORK/wallaroo-run.log" '^wallaroo: running' "$APP_PID") \
