@@ -103,6 +103,33 @@ class EndToEnd:
     track_engine_over_plain_speed.unit = "ratio"
 
 
+class Scaling:
+    """Throughput with 2 local workers over 1 (``wallaroo-run --workers N`` on files, startup
+    left out; median of 3 rounds each; see ``run_scaling`` in benchmarks/compare.py)."""
+
+    params = ["word_count"]
+    param_names = ["workload"]
+    timeout = 600
+    number = 1
+    repeat = 1
+
+    def setup(self, name):
+        from .compare import Case
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="wallaroo-asv-")
+        self.case = Case(WORKLOADS[name], max(1000, WORKLOADS[name].size // 4), Path(self.tmp.name))
+
+    def teardown(self, name):
+        self.tmp.cleanup()
+
+    def track_two_workers_over_one(self, name):
+        from .compare import run_scaling
+
+        return run_scaling(self.case, [1, 2], 3)[1]["speedup"]
+
+    track_two_workers_over_one.unit = "ratio"
+
+
 class StateMemory:
     """Bytes of state per key (tracemalloc, runs with 2K and K keys; K = 20,000)."""
 

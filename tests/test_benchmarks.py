@@ -55,6 +55,19 @@ def test_runner_smoke_over_tcp() -> None:
     assert table_rows(done.stdout) == {("word_count", "tcp"), ("market_spread", "tcp")}
 
 
+def test_runner_smoke_scaling_checks_every_worker_count(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    done = run_compare("--smoke", "--rounds", "1", "--scale", "0.005", "--state-keys", "0",
+                       "--modes", "none", "--scaling", "1,2", "--scaling-workloads",
+                       "word_count,stateless_chain", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())["scaling"]
+    assert [(r["workload"], r["workers"]) for r in figures] == [
+        ("word_count", 1), ("word_count", 2), ("stateless_chain", 1), ("stateless_chain", 2)]
+    assert all(r["rate"] > 0 and r["processing_s"][0] > 0 for r in figures)
+    assert figures[0]["speedup"] == 1.0
+
+
 def test_runner_refuses_fewer_than_three_rounds_without_smoke() -> None:
     done = run_compare("--rounds", "1", "word_count")
     assert done.returncode == 2

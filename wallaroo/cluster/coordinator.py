@@ -64,15 +64,15 @@ class Coordinator:
     """Drives ``members`` (MemberHandles, by index) through a run; ``run()`` returns each
     worker's summary (None for one that went away).
 
-    ``describe_loss(index)`` words why a worker went away (the supervisor knows its exit
-    status); ``on_ready(members)`` is called once every worker is ready and started.
+    ``describe_loss(index)`` (a coroutine) words why a worker went away (the supervisor knows
+    its exit status); ``on_ready(members)`` is called once every worker is ready and started.
     """
 
     def __init__(self, members: list[MemberHandle], key_groups: int, describe_loss=None,
                  on_ready=None):
         self.members = members
         self.key_groups = key_groups
-        self.describe_loss = describe_loss or (lambda index: "its control connection closed")
+        self.describe_loss = describe_loss or _connection_closed
         self.on_ready = on_ready
         self.started = False
         self.stopping = False
@@ -171,7 +171,7 @@ class Coordinator:
                 self._abort("the run was stopped before every worker was ready")
                 return False
             elif kind in ("lost", "failed"):
-                self._member_failed(member, message)
+                await self._member_failed(member, message)
                 return False
             elif kind == "input_done":
                 member.input_done = True
@@ -204,14 +204,14 @@ class Coordinator:
                     self.stopping = True
                     self._broadcast({"type": "stop"})
             elif kind in ("lost", "failed"):
-                self._member_failed(member, message)
+                await self._member_failed(member, message)
                 return
             elif kind == "link_lost":
-                self._member_failed(member, {"error": f"its link to worker {message.get('peer')} "
-                                                      f"broke"})
+                peer = message.get("peer")
+                await self._member_failed(member, {"error": f"its link to worker {peer} broke"})
                 return
             elif kind == "done":  # a worker ended by itself: it could not go on
-                self._member_failed(member, {"error": "it ended on its own"})
+                await self._member_failed(member, {"error": "it ended on its own"})
                 return
 
     async def _probe(self) -> tuple | None:
@@ -243,11 +243,11 @@ class Coordinator:
                 member.answers.pop(request, None)
         return [f.result() if f in done and not f.cancelled() else None for f in futures]
 
-    def _member_failed(self, member: MemberHandle, message: dict) -> None:
+    async def _member_failed(self, member: MemberHandle, message: dict) -> None:
         if message.get("error"):
             why = f"worker {member.name} failed: {message['error']}"
         else:
-            why = f"worker {member.name} went away ({self.describe_loss(member.index)})"
+            why = f"worker {member.name} went away ({await self.describe_loss(member.index)})"
         log.error("%s; stopping the other workers (recovery needs --run-with-resilience)", why)
         self._abort(why)
 
@@ -259,7 +259,7 @@ class Coordinator:
         while not all(m.done is not None or m.lost for m in self.members):
             kind, member, message = await self._events.get()
             if kind in ("lost", "failed") and self.failure is None and not self.finishing:
-                self._member_failed(member, message)
+                await self._member_failed(member, message)
             elif kind == "stop_requested":
                 self._stop_requests[member] = self._stop_requests.get(member, 0) + 1
                 if self._stop_requests[member] > 1:
@@ -297,3 +297,7 @@ class Coordinator:
                 self._events.put_nowait(("done", member, message))
             else:
                 self._events.put_nowait((kind, member, message))
+
+
+async def _connection_closed(index: int) -> str:
+    return "its control connection closed"

@@ -173,8 +173,12 @@ class Supervisor:
             await process.wait()
             return 1
 
-    def _describe_loss(self, index: int) -> str:
+    async def _describe_loss(self, index: int) -> str:
         process = self.processes[index]
+        try:   # its control connection closed: its exit status follows shortly
+            await asyncio.wait_for(process.wait(), timeout=2.0)
+        except asyncio.TimeoutError:
+            pass
         code = process.returncode
         if code is None:
             return f"pid {process.pid}: its control connection closed"

@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     if topology.cluster is not None:
         return asyncio.run(run_cluster_worker(topology.cluster, app, options, source_configs,
                                               sink_configs, flags.get("stats_file")))
-    if topology.workers > 1:
+    if topology.workers > 1 or topology.external is not None:  # the supervisor serves --external
         return asyncio.run(supervise(argv, app, options, source_configs, topology.workers,
                                      flags.get("stats_file"), topology.external, topology.secret))
     started = time.monotonic()

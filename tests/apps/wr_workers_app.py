@@ -1,0 +1,142 @@
+"""Applications for tests/e2e/test_workers_e2e.py (``wallaroo-run --workers N``).
+
+Each is named with ``--app wr_workers_app:NAME``; options are app args, not engine flags:
+
+- ``pids_app``: TCP source "values" (u32-BE frames of UTF-8, address from ``--in``)
+  -> ``ingest pid`` (before key_by: runs on the worker that accepted the connection)
+  -> key_by(the part of the value before the first "/")
+  -> ``owner pid`` (stateless, right after key_by: runs on the worker owning the key)
+  -> TCP sink (``--out``): ``"VALUE INGEST_PID OWNER_PID\\n"``.
+- ``count_app``: TCP source "words" (u32-BE frames of UTF-8) -> key_by(word) -> a state
+  computation counting each word -> TCP sink: ``"WORD COUNT\\n"``.
+- ``file_lines_app``: ``--input`` text file (FileSourceConfig without decoder: each worker reads
+  the lines starting in its byte range) -> the line unchanged -> ``--output`` file sink
+  (``PATH.part-INDEX`` per worker with several workers): ``"LINE\\n"``.
+- ``framed_file_app``: ``--input`` file of u32-BE frames (FileSourceConfig with a decoder: read
+  by one worker) -> ``"PAYLOAD PID"`` -> ``--output`` file sink.
+- ``file_words_app``: ``--input`` text file -> split on whitespace -> key_by(word) -> count
+  -> ``--output`` file sink: ``"WORD COUNT\\n"`` (more messages out than lines in).
+"""
+import os
+
+import wallaroo
+
+
+def _opt(args, name):
+    if name not in args:
+        raise ValueError(f"wr_workers_app needs {name}")
+    return args[args.index(name) + 1]
+
+
+def _tcp_in(args, source):
+    for name, host, port in wallaroo.tcp_parse_input_addrs(args):
+        if name == source:
+            return host, port
+    raise ValueError(f"wr_workers_app needs --in {source}@HOST:PORT")
+
+
+@wallaroo.decoder(header_length=4, length_fmt=">I")
+def utf8_frame(payload):
+    return payload.decode("utf-8")
+
+
+@wallaroo.encoder
+def line_out(value):
+    return f"{value}\n"
+
+
+# -- pids_app ---------------------------------------------------------------------------------
+
+@wallaroo.computation(name="ingest pid")
+def ingest_pid(value):
+    return f"{value} {os.getpid()}"
+
+
+@wallaroo.key_extractor
+def key_of_tagged(tagged):
+    return tagged.split(" ", 1)[0].split("/", 1)[0]
+
+
+@wallaroo.computation(name="owner pid")
+def owner_pid(tagged):
+    return f"{tagged} {os.getpid()}"
+
+
+def pids_app(args):
+    host, port = _tcp_in(args, "values")
+    out_host, out_port = wallaroo.tcp_parse_output_addrs(args)[0]
+    pipeline = (wallaroo.source("values", wallaroo.TCPSourceConfig("values", host, port, utf8_frame))
+                .to(ingest_pid)
+                .key_by(key_of_tagged)
+                .to(owner_pid)
+                .to_sink(wallaroo.TCPSinkConfig(out_host, out_port, line_out)))
+    return wallaroo.build_application("Worker Pids", pipeline)
+
+
+# -- counting words ---------------------------------------------------------------------------
+
+class Count:
+    def __init__(self):
+        self.n = 0
+
+
+@wallaroo.key_extractor
+def word_key(word):
+    return word
+
+
+@wallaroo.state_computation(name="count", state=Count)
+def count(word, total):
+    total.n += 1
+    return f"{word} {total.n}"
+
+
+@wallaroo.computation_multi(name="split")
+def split(line):
+    return line.split()
+
+
+def count_app(args):
+    host, port = _tcp_in(args, "words")
+    out_host, out_port = wallaroo.tcp_parse_output_addrs(args)[0]
+    pipeline = (wallaroo.source("words", wallaroo.TCPSourceConfig("words", host, port, utf8_frame))
+                .key_by(word_key)
+                .to(count)
+                .to_sink(wallaroo.TCPSinkConfig(out_host, out_port, line_out)))
+    return wallaroo.build_application("Word Counts", pipeline)
+
+
+def file_words_app(args):
+    pipeline = (wallaroo.source("lines", wallaroo.FileSourceConfig("lines", _opt(args, "--input")))
+                .to(split)
+                .key_by(word_key)
+                .to(count)
+                .to_sink(wallaroo.FileSinkConfig(_opt(args, "--output"), line_out)))
+    return wallaroo.build_application("File Word Counts", pipeline)
+
+
+# -- file lines -------------------------------------------------------------------------------
+
+@wallaroo.computation(name="same line")
+def same_line(line):
+    return line
+
+
+def file_lines_app(args):
+    pipeline = (wallaroo.source("lines", wallaroo.FileSourceConfig("lines", _opt(args, "--input")))
+                .to(same_line)
+                .to_sink(wallaroo.FileSinkConfig(_opt(args, "--output"), line_out)))
+    return wallaroo.build_application("File Lines", pipeline)
+
+
+@wallaroo.computation(name="tag pid")
+def tag_pid(payload):
+    return f"{payload} {os.getpid()}"
+
+
+def framed_file_app(args):
+    source = wallaroo.FileSourceConfig("frames", _opt(args, "--input"), utf8_frame)
+    pipeline = (wallaroo.source("frames", source)
+                .to(tag_pid)
+                .to_sink(wallaroo.FileSinkConfig(_opt(args, "--output"), line_out)))
+    return wallaroo.build_application("Framed File", pipeline)
