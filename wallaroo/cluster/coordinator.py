@@ -37,6 +37,8 @@ log = logging.getLogger("wallaroo")
 PROBE_INTERVAL = 0.02
 #: Seconds a worker has to answer a probe or a query.
 ANSWER_TIMEOUT = 10.0
+#: Seconds to wait, when a link between two workers breaks, for one of them to be found gone.
+LINK_LOSS_GRACE = 2.0
 
 
 @dataclass(eq=False)
@@ -207,8 +209,7 @@ class Coordinator:
                 await self._member_failed(member, message)
                 return
             elif kind == "link_lost":
-                peer = message.get("peer")
-                await self._member_failed(member, {"error": f"its link to worker {peer} broke"})
+                await self._link_lost(member, message.get("peer"))
                 return
             elif kind == "done":  # a worker ended by itself: it could not go on
                 await self._member_failed(member, {"error": "it ended on its own"})
@@ -242,6 +243,18 @@ class Coordinator:
             for member in self.members:
                 member.answers.pop(request, None)
         return [f.result() if f in done and not f.cancelled() else None for f in futures]
+
+    async def _link_lost(self, member: MemberHandle, peer_name: str) -> None:
+        """A link between two workers broke: blame the peer if it went away (its control
+        connection closes too, usually a moment later), else the link itself."""
+        peer = next((m for m in self.members if m.name == peer_name), None)
+        deadline = asyncio.get_running_loop().time() + LINK_LOSS_GRACE
+        while peer is not None and not peer.lost and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if peer is not None and peer.lost:
+            await self._member_failed(peer, {})
+        else:
+            await self._member_failed(member, {"error": f"its link to worker {peer_name} broke"})
 
     async def _member_failed(self, member: MemberHandle, message: dict) -> None:
         if message.get("error"):

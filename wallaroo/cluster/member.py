@@ -66,7 +66,11 @@ class Member:
                         self.counters, self.serialize)
 
     def deliver(self, record) -> None:
-        """Run a record another worker sent through the chain its exchange leads to."""
+        """Run a record another worker sent through the chain its exchange leads to. Once the
+        run is over for this worker (its sinks close), records still arriving are dropped:
+        after a clean end none can be in flight, and after an abort the run has failed."""
+        if self._finish.is_set():
+            return
         try:
             exchange_id, batch = decode_record(record, self.deserialize)
             self._targets[exchange_id].push(batch)
@@ -109,6 +113,9 @@ class Member:
         control = asyncio.get_running_loop().create_task(self._serve_control())
         await self._finish.wait()
         watcher.cancel()
+        for link in self.links:
+            if link is not None:
+                link.close()
         await worker.finish_output()
         result = worker.result()
         if self.stopped_by is not None and result.failure is None:
