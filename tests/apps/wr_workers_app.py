@@ -140,3 +140,44 @@ def framed_file_app(args):
                 .to(tag_pid)
                 .to_sink(wallaroo.FileSinkConfig(_opt(args, "--output"), line_out)))
     return wallaroo.build_application("Framed File", pipeline)
+
+
+# -- event-time windows over a file ------------------------------------------------------------
+
+class SumCount(wallaroo.Aggregation):
+    """[sum, count] of one key's values in one window."""
+
+    def initial_accumulator(self):
+        return [0, 0]
+
+    def update(self, event, acc):
+        acc[0] += event[2]
+        acc[1] += 1
+
+    def combine(self, acc1, acc2):
+        return [acc1[0] + acc2[0], acc1[1] + acc2[1]]
+
+    def output(self, key, acc, window):
+        return f"{key},{window[0]},{window[1]},{acc[0]},{acc[1]}"
+
+
+@wallaroo.computation(name="parse event")
+def parse_event(line):
+    t_ms, key, value = line.split(",")
+    return (int(t_ms), key, int(value))
+
+
+def line_event_time(line):
+    return wallaroo.milliseconds(int(line.split(",", 1)[0]))
+
+
+def windowed_file_app(args):
+    """Lines ``t_ms,key,value`` -> per key, tumbling 100 ms event-time windows of [sum, count]
+    -> ``key,start_ns,end_ns,sum,count`` lines."""
+    source = wallaroo.FileSourceConfig("events", _opt(args, "--input"))
+    pipeline = (wallaroo.source("events", source, event_time=line_event_time)
+                .to(parse_event)
+                .key_by(lambda event: event[1])
+                .to(wallaroo.range_windows(wallaroo.milliseconds(100)).over(SumCount))
+                .to_sink(wallaroo.FileSinkConfig(_opt(args, "--output"), line_out)))
+    return wallaroo.build_application("Windowed File", pipeline)

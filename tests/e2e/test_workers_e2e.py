@@ -20,6 +20,7 @@ Across keys the engine promises no order, so outputs are compared per key and as
 from __future__ import annotations
 
 import json
+import random
 import os
 import re
 import signal
@@ -393,6 +394,8 @@ def run_bounded(harness: Harness, target: str, workers: int, *args: str) -> tupl
     assert code == 0, proc.describe()
     startup = next((line for line in proc.stderr_lines if STARTUP_RE.search(line)), None)
     assert startup is not None, proc.describe()
+    if workers == 1:   # one worker runs in the wallaroo-run process itself
+        return proc, [proc.popen.pid]
     return proc, worker_pids(startup, workers)
 
 
@@ -556,3 +559,33 @@ def test_stats_file_merges_workers(harness, tmp_path):
     assert all(w["ingested"] > 0 for w in per_worker), "each worker reads its part of the file"
     assert sum(w["ingested"] for w in per_worker) == len(lines)
     assert sum(s["messages"] for w in per_worker for s in w["sinks"]) == len(output)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_event_time_windows_agree_with_one_worker(harness, tmp_path, workers):
+    """Each worker reads a share of the file (later shares run ahead in event time); a window
+    follows every worker's instance of the source, so none of a key's events counts as late
+    and the windows are those of one worker, and of a plain-Python model."""
+    rng = random.Random(5)
+    t, lines, model = 0, [], {}
+    for _ in range(6000):
+        t += rng.randint(0, 3)
+        key, value = f"k{rng.randint(0, 30)}", rng.randint(1, 9)
+        lines.append(f"{t},{key},{value}")
+        start = t // 100 * 100 * 1_000_000
+        acc = model.setdefault((key, start, start + 100_000_000), [0, 0])
+        acc[0] += value
+        acc[1] += 1
+    source = write_lines(tmp_path / "events.txt", lines)
+    expected = sorted(f"{k},{s},{e},{a[0]},{a[1]}" for (k, s, e), a in model.items())
+
+    outputs = {}
+    for count in (1, workers):
+        out = tmp_path / f"out{count}.txt"
+        proc, _ = run_bounded(harness, "wr_workers_app:windowed_file_app", count,
+                              "--input", str(source), "--output", str(out))
+        assert "late" not in proc.stderr, proc.describe()
+        parts = sorted(tmp_path.glob(f"out{count}.txt*"))
+        outputs[count] = sorted(line for p in parts for line in text_lines(p.read_bytes()))
+    assert outputs[1] == expected
+    assert outputs[workers] == expected
