@@ -71,3 +71,14 @@ def truncated_repr(value, limit: int = 200) -> str:
     except Exception as exc:  # a user __repr__ that raises must not hide the real error
         text = f"<unrepresentable {type(value).__name__}: {exc!r}>"
     return text if len(text) <= limit else text[: limit - 2] + "…"
+
+
+class RunStopped(Exception):
+    """A run stopped because of something outside this process (another worker failed or went
+    away); the message says what.
+
+    Example::
+
+        >>> str(RunStopped("worker w1 went away"))
+        'worker w1 went away'
+    """

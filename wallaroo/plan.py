@@ -147,6 +147,40 @@ class PhysicalPlan:
                 pending.extend(upstream.inputs)
         return sorted(found)
 
+    def routed_between(self, upstream: g.Node, node: g.Node, including_node: bool) -> bool:
+        """Whether some path from ``upstream`` down to ``node`` passes an exchange: on an edge
+        into a stage after ``upstream``, and before ``node`` (or into ``node`` itself when
+        ``including_node``). Then the messages (and watermarks) of one worker's instance of
+        ``upstream`` reach ``node`` on every worker, through every worker; otherwise only
+        through the worker they started on.
+
+        Example::
+
+            >>> import wallaroo
+            >>> count = wallaroo.state_computation(name="count", state=list)(lambda v, s: v)
+            >>> p = (wallaroo.source("n", wallaroo.IterSourceConfig("n", []))
+            ...      .key_by(str).to(count).to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str))))
+            >>> plan = PhysicalPlan(wallaroo.build_application("c", p).graph)
+            >>> src, state = plan.graph.sources[0], plan.chains[1].nodes[0]
+            >>> plan.routed_between(src, state, True), plan.routed_between(src, state, False)
+            (True, False)
+        """
+        def crossed(current: g.Node, include: bool) -> bool:
+            here = include and current in self._exchange_at
+            for parent in current.inputs:
+                if parent is upstream:
+                    if here:
+                        return True
+                elif parent.kind != g.SOURCE and crossed(parent, True) or (
+                        here and self._reaches(upstream, parent)):
+                    return True
+            return False
+        return crossed(node, including_node)
+
+    def _reaches(self, upstream: g.Node, node: g.Node) -> bool:
+        """Whether ``upstream`` is ``node`` or one of its ancestors."""
+        return node is upstream or any(self._reaches(upstream, i) for i in node.inputs)
+
     def _fuses(self, parent: g.Node, node: g.Node) -> bool:
         return (
             parent in self._chain_of

@@ -439,8 +439,11 @@ cpdef bint same_objects(list a, list b):
         >>> same_objects(words, list(words)), same_objects(words, ["a", "c"])
         (True, False)
     """
-    cdef Py_ssize_t i, n = len(a)
-    if a is None or b is None or len(b) != n:
+    cdef Py_ssize_t i, n
+    if a is None or b is None:
+        return False
+    n = len(a)
+    if len(b) != n:
         return False
     for i in range(n):
         if _list_get(<PyObject*>a, i) != _list_get(<PyObject*>b, i):

@@ -73,6 +73,7 @@ log = logging.getLogger("wallaroo")
 SECRET_ENV = "WALLAROO_CLUSTER_SECRET"
 AUTH_HEADER = "X-Wallaroo-Auth"
 HANDSHAKE_TIMEOUT = 5.0
+HANDSHAKE_MAX = 64 * 1024   # bytes a handshake message may take: nothing more before proof
 NONCE_BYTES = 16
 TOKEN_WINDOW = 60.0    # a token's time may be this far from the server's clock, either way
 REPLAY_WINDOW = 120.0  # a nonce is remembered at least this long
@@ -221,7 +222,7 @@ async def server_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamW
         async with asyncio.timeout(timeout):
             await write_message(writer, {"hello": "wallaroo", "role": role, "challenge": nonce_s,
                                          "auth": secret is not None})
-            answer = await read_message(reader)
+            answer = await read_message(reader, HANDSHAKE_MAX)
     except TimeoutError:
         _refuse(writer, role, peer, f"no answer to the handshake within {timeout:g} s",
                 f"no answer to the handshake within {timeout:g} s")
@@ -276,7 +277,7 @@ async def client_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamW
     peer = peer_name(writer)
     try:
         async with asyncio.timeout(timeout):
-            challenge = await read_message(reader)
+            challenge = await read_message(reader, HANDSHAKE_MAX)
             if challenge is None:
                 raise AuthError(f"{peer} closed the connection before the handshake")
             if challenge.get("hello") != "wallaroo" or not _is_nonce(challenge.get("challenge")):
@@ -289,7 +290,7 @@ async def client_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamW
             nonce_c = secrets.token_hex(NONCE_BYTES)
             mac = None if secret is None else _mac(secret, f"client|{role}|{nonce_s}|{nonce_c}")
             await write_message(writer, {"nonce": nonce_c, "mac": mac, "hello": hello})
-            reply = await read_message(reader)
+            reply = await read_message(reader, HANDSHAKE_MAX)
     except TimeoutError:
         raise AuthError(f"no handshake from {peer} within {timeout:g} s") from None
     except WireError as err:

@@ -18,7 +18,7 @@ asked, and stops every worker when one fails or goes away:
 
 Example::
 
-    >>> Coordinator([], key_groups=4).status_now()
+    >>> asyncio.run(Coordinator([], key_groups=4).status())
     {'worker_names': [], 'worker_count': 0, 'processing_messages': False}
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 
-from wallaroo.cluster.wire import WireError, encode_message, read_message
+from wallaroo.cluster.wire import WireError, read_message, send_soon
 from wallaroo.runtime.placement import Placement
 
 log = logging.getLogger("wallaroo")
@@ -58,8 +58,8 @@ class MemberHandle:
     answers: dict = field(default_factory=dict)
 
     def send(self, message: dict) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(encode_message(message))
+        """Send a control message to this worker (without waiting)."""
+        send_soon(self.writer, message)
 
 
 class Coordinator:
@@ -71,8 +71,12 @@ class Coordinator:
     """
 
     def __init__(self, members: list[MemberHandle], key_groups: int, describe_loss=None,
-                 on_ready=None):
+                 on_ready=None, flush_timeout: float = 30.0):
         self.members = members
+        #: After a stop, how long messages may still be on their way before the run ends
+        #: without them (``--flush-timeout``).
+        self.flush_timeout = flush_timeout
+        self._stop_deadline = 0.0
         self.key_groups = key_groups
         self.describe_loss = describe_loss or _connection_closed
         self.on_ready = on_ready
@@ -90,14 +94,11 @@ class Coordinator:
 
     # -- what the external control port asks ------------------------------------------------
 
-    def status_now(self) -> dict:
+    async def status(self) -> dict:
         """Worker names and count, and whether the cluster is processing messages."""
         return {"worker_names": [m.name for m in self.members],
                 "worker_count": len(self.members),
                 "processing_messages": self.started and not self.stopping and not self.finishing}
-
-    async def status(self) -> dict:
-        return self.status_now()
 
     async def partitions(self) -> dict:
         """Key group -> worker (as each worker's list of groups), and keys per worker per
@@ -181,6 +182,7 @@ class Coordinator:
 
     async def _serve(self) -> None:
         previous = None
+        loop = asyncio.get_running_loop()
         while True:
             probing = self.stopping or all(m.input_done for m in self.members)
             try:
@@ -189,21 +191,26 @@ class Coordinator:
             except asyncio.TimeoutError:
                 totals = await self._probe()
                 if totals is not None and totals == previous:
-                    self.finishing = True
-                    self._broadcast({"type": "finish"})
+                    self._finish()
                     return
                 previous = totals
+                if self.stopping and loop.time() > self._stop_deadline:
+                    self._finish(f"messages were still on their way between workers "
+                                 f"{self.flush_timeout:g} s after the stop (a sink that does "
+                                 f"not read?); they are not delivered")
+                    return
                 continue
             if kind == "input_done":
                 member.input_done = True
             elif kind == "stop_requested":
-                self._stop_requests[member] = self._stop_requests.get(member, 0) + 1
-                if self._stop_requests[member] > 1:
-                    log.warning("second stop request: workers stop waiting for their sinks")
-                    self._broadcast({"type": "abandon"})
-                elif not self.stopping:
+                if self._repeated_stop(member):
+                    self._finish("a second stop request: the workers stopped without waiting "
+                                 "for what was still on its way")
+                    return
+                if not self.stopping:
                     log.info("stopping: every worker stops its input and flushes its sinks")
                     self.stopping = True
+                    self._stop_deadline = loop.time() + self.flush_timeout
                     self._broadcast({"type": "stop"})
             elif kind in ("lost", "failed"):
                 await self._member_failed(member, message)
@@ -214,6 +221,22 @@ class Coordinator:
             elif kind == "done":  # a worker ended by itself: it could not go on
                 await self._member_failed(member, {"error": "it ended on its own"})
                 return
+
+    def _finish(self, failure: str | None = None) -> None:
+        """Tell every worker to flush its sinks and end; with ``failure``, the run ends
+        without what was still in flight, and that makes it fail."""
+        if failure is not None:
+            log.error("%s", failure)
+            self.failure = failure
+            self._broadcast({"type": "abandon"})
+        self.finishing = True
+        self._broadcast({"type": "finish"})
+
+    def _repeated_stop(self, member) -> bool:
+        """Count a stop request from ``member`` (None: the coordinator's own signal or the
+        external port); True when that one asked before."""
+        self._stop_requests[member] = self._stop_requests.get(member, 0) + 1
+        return self._stop_requests[member] > 1
 
     async def _probe(self) -> tuple | None:
         """(sent, taken) over the cluster when every worker's input is done and the two are
@@ -261,7 +284,8 @@ class Coordinator:
             why = f"worker {member.name} failed: {message['error']}"
         else:
             why = f"worker {member.name} went away ({await self.describe_loss(member.index)})"
-        log.error("%s; stopping the other workers (recovery needs --run-with-resilience)", why)
+        log.error("%s; stopping the other workers (this version does not recover a lost "
+                  "worker)", why)
         self._abort(why)
 
     def _abort(self, why: str) -> None:
@@ -271,12 +295,11 @@ class Coordinator:
     async def _wait_done(self) -> None:
         while not all(m.done is not None or m.lost for m in self.members):
             kind, member, message = await self._events.get()
-            if kind in ("lost", "failed") and self.failure is None and not self.finishing:
+            if kind in ("lost", "failed") and self.failure is None:
+                # while finishing too: a worker that dies before it has flushed loses output
                 await self._member_failed(member, message)
-            elif kind == "stop_requested":
-                self._stop_requests[member] = self._stop_requests.get(member, 0) + 1
-                if self._stop_requests[member] > 1:
-                    self._broadcast({"type": "abandon"})
+            elif kind == "stop_requested" and self._repeated_stop(member):
+                self._broadcast({"type": "abandon"})
 
     def _broadcast(self, message: dict) -> None:
         for member in self.members:

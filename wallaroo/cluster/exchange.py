@@ -15,13 +15,13 @@ a slow sink pushes back on every worker, all the way to the sources.
 
 Example::
 
-    >>> from wallaroo._core.chain import Batch
+    >>> from wallaroo._core.chain import WATERMARK_NONE, Batch
     >>> class Keep:
     ...     def __init__(self): self.got = []
     ...     def push(self, batch): self.got.extend(batch.values)
     ...     def send(self, record): self.got.append(decode_record(record)[1].values)
     >>> local, link = Keep(), Keep()
-    >>> ex = Exchange(7, local, RoutingTable([0, 1]), 0, [None, link], counters=Counters())
+    >>> ex = Exchange(7, Direct(local), RoutingTable([0, 1]), 0, [None, link], counters=Counters())
     >>> ex.push(Batch(["a", "b"], keys=["a", "b"], groups=[0, 1]))
     >>> local.got, link.got
     (['a'], [['b']])
@@ -37,7 +37,7 @@ import asyncio
 import logging
 import struct
 
-from wallaroo._core.chain import Batch
+from wallaroo._core.chain import WATERMARK_NONE, Batch
 from wallaroo._core.frames import FrameError, FrameReader
 from wallaroo._core.routing import RoutingTable, route, same_objects
 from wallaroo._core.serde import decode_batch, encode_batch
@@ -90,9 +90,71 @@ def decode_record(record, deserialize=None) -> tuple[int, Batch]:
     return exchange_id, batch
 
 
+class WatermarkAligner:
+    """Stands after an exchange, before the chain it leads to, on the way to a window: it
+    takes each batch with the worker it came from, and lets a watermark through only as far as
+    every worker that forwards that origin has gone.
+
+    A source instance's watermark reaches a window through each worker once an earlier exchange
+    has spread its messages over all of them; the worker that forwarded it first must not
+    make the window fire before the others' messages of the same origin arrive. ``senders_of
+    (origin)`` names the workers that forward an origin here (one, when no exchange lies
+    between that origin and this one).
+
+    Example::
+
+        >>> class Keep:
+        ...     sees_watermarks = True
+        ...     def __init__(self): self.marks = []
+        ...     def push(self, batch): self.marks.append(batch.watermark)
+        >>> keep = Keep()
+        >>> aligner = WatermarkAligner(keep, lambda origin: (0, 1))
+        >>> aligner.push_from(0, Batch([], origin=7, watermark=50))    # worker 1: not heard yet
+        >>> aligner.push_from(1, Batch([], origin=7, watermark=30))
+        >>> aligner.push_from(1, Batch([], origin=7, watermark=80))
+        >>> keep.marks
+        [30, 50]
+    """
+
+    def __init__(self, target, senders_of):
+        self.target = target
+        self.senders_of = senders_of
+        self.sees_watermarks = True
+        self._marks: dict[object, dict[int, int]] = {}
+
+    def push_from(self, sender: int, batch: Batch) -> None:
+        mark = batch.watermark
+        if mark != WATERMARK_NONE and batch.origin is not None:
+            senders = self.senders_of(batch.origin)
+            if len(senders) > 1:
+                seen = self._marks.setdefault(batch.origin, {})
+                if mark > seen.get(sender, WATERMARK_NONE):
+                    seen[sender] = mark
+                aligned = min(seen.get(s, WATERMARK_NONE) for s in senders)
+                if aligned != mark:
+                    if not batch.values and aligned == WATERMARK_NONE:
+                        return
+                    batch = Batch(batch.values, batch.keys, batch.key, batch.groups, batch.group,
+                                  batch.ingest_ns, batch.event_times, batch.origin, aligned)
+        self.target.push(batch)
+
+
+class Direct:
+    """Stands after an exchange that needs no aligning: passes batches straight on."""
+
+    def __init__(self, target):
+        self.target = target
+        self.sees_watermarks = bool(getattr(target, "sees_watermarks", False))
+
+    def push_from(self, sender: int, batch: Batch) -> None:
+        self.target.push(batch)
+
+
 class Exchange:
-    """Routes batches by key group: this worker's part to ``local`` (a chain), every other
-    worker's part over ``links[index]`` (``send(record)``).
+    """Routes batches by key group: this worker's part to ``local`` (a WatermarkAligner or a
+    Direct in front of a chain: ``push_from(worker, batch)``), every other worker's part over
+    ``links[index]`` (``send(record)``). Parts that hold no message go only where watermarks
+    matter.
 
     Remote parts are sent before the local part runs, so the other workers work meanwhile.
     """
@@ -111,13 +173,14 @@ class Exchange:
 
     def push(self, batch: Batch) -> None:
         parts = route(batch, self.table)
+        wanted = self.sees_watermarks
         for index, part in enumerate(parts):
-            if part is not None and index != self.me:
+            if part is not None and index != self.me and (wanted or part.values):
                 self.links[index].send(encode_record(self.exchange_id, part, self.serialize))
                 self.counters.sent += 1
         mine = parts[self.me]
-        if mine is not None and (mine.values or self.sees_watermarks):
-            self.local.push(mine)
+        if mine is not None and (mine.values or wanted):
+            self.local.push_from(self.me, mine)
 
 
 class RingLink:
@@ -184,8 +247,8 @@ class TcpLink(asyncio.Protocol):
     both ways. Over ``HIGH_WATER`` bytes unsent closes the source gate until the peer reads;
     a closed ``intake`` gate stops reading, so TCP pushes back on the peer.
 
-    ``lost`` is a future set when the connection ends; ``on_lost(peer)`` (an attribute) is
-    called then unless ``close()`` was called first.
+    ``on_lost(peer)`` (an attribute) is called when the connection ends, unless ``close()``
+    was called first.
     """
 
     HIGH_WATER = 8 * 1024 * 1024
@@ -198,7 +261,6 @@ class TcpLink(asyncio.Protocol):
         self.peer = peer
         self.transport: asyncio.Transport | None = None
         self.reader = FrameReader(4, ">I")
-        self.lost = asyncio.get_running_loop().create_future()
         self.closing = False
         self.on_lost = lambda peer: None
 
@@ -230,8 +292,6 @@ class TcpLink(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.flow.unblock(self)
-        if not self.lost.done():
-            self.lost.set_result(exc)
         if not self.closing:
             self.on_lost(self.peer)
 

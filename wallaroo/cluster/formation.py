@@ -39,15 +39,17 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import socket
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
 
-from wallaroo.cluster.auth import AuthError, client_handshake, server_handshake
+from wallaroo.cluster.auth import AuthError, client_handshake, peer_name, server_handshake
 from wallaroo.cluster.coordinator import Coordinator, MemberHandle
 from wallaroo.cluster.exchange import TcpLink
 from wallaroo.cluster.wire import WireError, encode_message, read_message
@@ -121,7 +123,9 @@ class Initializer:
     """The control port of the first worker: takes ``worker_count`` workers in, sends each the
     topology, then runs the coordinator."""
 
-    def __init__(self, spec: ClusterSpec, key_groups: int, control: ClusterControl):
+    def __init__(self, spec: ClusterSpec, key_groups: int, control: ClusterControl,
+                 flush_timeout: float = 30.0):
+        self.flush_timeout = flush_timeout
         self.spec = spec
         self.key_groups = key_groups
         self.control = control
@@ -171,7 +175,7 @@ class Initializer:
             writer.write(encode_message({"type": "topology", "index": index, "workers": workers,
                                          "key_groups": self.key_groups}))
             members.append(MemberHandle(hello["name"], index, reader, writer, hello.get("pid")))
-        coordinator = Coordinator(members, self.key_groups)
+        coordinator = Coordinator(members, self.key_groups, flush_timeout=self.flush_timeout)
         self.control.coordinator = coordinator
         return await coordinator.run()
 
@@ -188,6 +192,7 @@ class DataPort:
         self.host, self.port = host, port
         self.server: asyncio.AbstractServer | None = None
         self.arrived: dict[int, tuple] = {}
+        self.taken: set[int] = set()
         self.changed = asyncio.Event()
 
     async def start(self) -> None:
@@ -207,7 +212,13 @@ class DataPort:
         hello = await server_handshake(reader, writer, self.spec.secret, "data")
         if hello is None:
             return
-        self.arrived[int(hello.get("index", -1))] = (reader, writer)
+        index = hello.get("index")
+        if not isinstance(index, int) or index < 0 or index in self.arrived or index in self.taken:
+            log.warning("refused a data connection from %s: it claims worker %r, which is not a "
+                        "worker still to link", peer_name(writer), index)
+            writer.close()
+            return
+        self.arrived[index] = (reader, writer)
         self.changed.set()
 
     async def wait_for(self, index: int, deadline: float) -> tuple:
@@ -221,6 +232,7 @@ class DataPort:
                 await asyncio.wait_for(self.changed.wait(), left)
             except asyncio.TimeoutError:
                 pass
+        self.taken.add(index)
         return self.arrived.pop(index)
 
     async def close(self) -> None:
@@ -315,7 +327,8 @@ def link_over_tcp(data: DataPort, topology: dict, spec: ClusterSpec):
                                          f"{info['data']}: {exc}") from None
             else:
                 reader, writer = await data.wait_for(index, deadline)
-            link = TcpLink(worker.flow, worker.intake, member.deliver, info["name"])
+            link = TcpLink(worker.flow, worker.intake,
+                           functools.partial(member.deliver, sender=index), info["name"])
             link.on_lost = member.link_lost
             member.links[index] = adopt(reader, writer, link)
         log.info("ready: linked to %d other worker(s) over TCP", len(workers) - 1)
@@ -324,6 +337,10 @@ def link_over_tcp(data: DataPort, topology: dict, spec: ClusterSpec):
 
 class RunFile:
     """A small JSON file naming a running worker (pid, addresses); removed on a clean stop.
+
+    It lives in ``folder`` (``--resilience-dir``) or in a folder of this user's own in the
+    system's temporary folder (created 0700, refused if someone else owns it); it is written
+    without following links, so nobody can point it at another file.
 
     Example::
 
@@ -334,14 +351,26 @@ class RunFile:
     """
 
     def __init__(self, folder: str | None, app_name: str, worker: str):
-        folder = folder or os.path.join(tempfile.gettempdir(), "wallaroo")
-        os.makedirs(folder, exist_ok=True)
+        if folder is None:
+            folder = os.path.join(tempfile.gettempdir(), f"wallaroo-{os.getuid()}")
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            info = os.lstat(folder)
+            if info.st_uid != os.getuid() or info.st_mode & 0o077 or not stat.S_ISDIR(info.st_mode):
+                raise FormationError(f"{folder} is not a private folder of this user: remove it, "
+                                     f"or give --resilience-dir")
+        else:
+            os.makedirs(folder, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{app_name}-{worker}")
         self.path = os.path.join(folder, f"{safe}.worker.json")
 
     def write(self, data: dict) -> None:
         partial = self.path + ".partial"
-        with open(partial, "w", encoding="utf-8") as f:
+        try:
+            os.unlink(partial)
+        except FileNotFoundError:
+            pass
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f)
         os.replace(partial, self.path)
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import replace
 
 from wallaroo.api.configs import TCPSourceConfig
+from wallaroo.cluster.auth import is_loopback
 from wallaroo.cluster.external import ExternalServer
 from wallaroo.cluster.formation import (
     ClusterControl, ClusterSpec, DataPort, FormationError, Initializer, RunFile, default_data_host,
@@ -25,7 +26,7 @@ from wallaroo.cluster.formation import (
 )
 from wallaroo.cluster.member import ClusterStopped, Member
 from wallaroo.cluster.supervisor import (
-    LocalBootstrap, Supervisor, connect_rings, control_connection, worker_name,
+    LocalBootstrap, Supervisor, SupervisorError, connect_rings, control_connection, worker_name,
 )
 from wallaroo.runtime.placement import Placement
 from wallaroo.runtime.report import merge_summaries, report_end, result_summary, write_stats
@@ -82,14 +83,16 @@ async def supervise(argv: list[str], app, options: RunOptions, source_configs: d
 
     started = time.monotonic()
     supervisor = Supervisor(argv, count, options.key_groups, tcp_sources, announce,
-                            external, secret)
-    code, summaries = await supervisor.run()
+                            external, secret, options.flush_timeout)
+    try:
+        code, summaries = await supervisor.run()
+    except SupervisorError as exc:
+        print(f"wallaroo-run: {exc}", file=sys.stderr)
+        return 2
     if stats_file:
         write_stats(stats_file, app.name, merge_summaries([s for s in summaries if s]),
                     time.monotonic() - started)
     return code
-
-
 
 
 async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source_configs: dict,
@@ -103,16 +106,26 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
     data = None
     try:
         if spec.initializer:
-            initializer = Initializer(spec, options.key_groups, control)
+            initializer = Initializer(spec, options.key_groups, control, options.flush_timeout)
             await initializer.start()
             coordinating = loop.create_task(initializer.coordinate())
             log.info("initializer: waiting for %d worker(s) on --control %s:%d",
                      spec.worker_count, *spec.control)
         if spec.external is not None:
             external = ExternalServer(control, *spec.external, secret=spec.secret)
-            await external.start()
+            try:
+                await external.start()
+            except OSError as exc:
+                raise FormationError(f"--external {spec.external[0]}:{spec.external[1]}: "
+                                     f"cannot listen: {exc.strerror or exc}") from None
             log.info("external control port on %s:%d", *external.address)
         host, port = spec.data or (default_data_host(spec.control), 0)
+        if spec.data is None and spec.secret is None and not is_loopback(host):
+            raise FormationError(
+                f"this worker would take data from the other workers on {host} (the address "
+                f"it reaches --control from), which is not loopback: set the same cluster "
+                f"secret on every worker (--cluster-secret or WALLAROO_CLUSTER_SECRET), or "
+                f"give --my-data on a loopback address")
         data = DataPort(spec, host, port)
         await data.start()
         reader, writer = await join(spec, data)
@@ -124,10 +137,16 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
     options = replace(options, key_groups=topology["key_groups"])
     placement = Placement(topology["index"], len(topology["workers"]), spec.name,
                           options.key_groups)
-    run_file = RunFile(spec.run_dir, app.name, spec.name)
-    run_file.write({"pid": os.getpid(), "name": spec.name, "index": topology["index"],
-                    "control": "%s:%d" % spec.control, "data": data.address,
-                    "workers": topology["workers"]})
+    try:
+        run_file = RunFile(spec.run_dir, app.name, spec.name)
+        run_file.write({"pid": os.getpid(), "name": spec.name, "index": topology["index"],
+                        "control": "%s:%d" % spec.control, "data": data.address,
+                        "workers": topology["workers"]})
+    except (OSError, FormationError) as exc:
+        print(f"wallaroo-run: cannot write this worker's run file: {exc}", file=sys.stderr)
+        writer.close()
+        await _close(initializer, external, data, coordinating)
+        return 1
     member = Member(app, options, source_configs, sink_configs, placement, (reader, writer),
                     app.serializer)
     for signum in (signal.SIGTERM, signal.SIGINT):

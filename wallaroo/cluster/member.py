@@ -20,19 +20,21 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 
-from wallaroo.cluster.exchange import Counters, Exchange, decode_record
-from wallaroo.cluster.wire import WireError, encode_message, read_message
+from wallaroo.cluster.exchange import Counters, Direct, Exchange, WatermarkAligner, decode_record
+from wallaroo.cluster.wire import WireError, read_message, send_soon
 from wallaroo.runtime.report import result_summary
+from wallaroo.errors import RunStopped
 from wallaroo.runtime.placement import Placement
 from wallaroo.runtime.worker import RunResult, Worker
 
 log = logging.getLogger("wallaroo")
 
 
-class ClusterStopped(Exception):
+class ClusterStopped(RunStopped):
     """The run was stopped because of another worker (it failed, or it or the coordinator
     went away)."""
 
@@ -61,11 +63,27 @@ class Member:
         self._finish = asyncio.Event()
 
     def _exchange(self, edge, target) -> Exchange:
-        self._targets[edge.id] = target
-        return Exchange(edge.id, target, self.table, self.placement.index, self.links,
+        if getattr(target, "sees_watermarks", False):
+            head = edge.target.nodes[0]
+            receiver = WatermarkAligner(target, lambda origin: self._senders_of(origin, head))
+        else:
+            receiver = Direct(target)
+        self._targets[edge.id] = receiver
+        return Exchange(edge.id, receiver, self.table, self.placement.index, self.links,
                         self.counters, self.serialize)
 
-    def deliver(self, record) -> None:
+    @functools.lru_cache(maxsize=None)
+    def _senders_of(self, origin: int, head) -> tuple[int, ...]:
+        """The workers through which an origin's batches reach the exchange into ``head``:
+        every worker when an earlier exchange spread them, else the one it runs on."""
+        count = self.placement.count
+        plan = self.worker.plan
+        upstream = plan.graph.nodes[origin // count]
+        if plan.routed_between(upstream, head, False):
+            return tuple(range(count))
+        return (origin % count,)
+
+    def deliver(self, record, sender: int) -> None:
         """Run a record another worker sent through the chain its exchange leads to. Once the
         run is over for this worker (its sinks close), records still arriving are dropped:
         after a clean end none can be in flight, and after an abort the run has failed."""
@@ -73,7 +91,7 @@ class Member:
             return
         try:
             exchange_id, batch = decode_record(record, self.deserialize)
-            self._targets[exchange_id].push(batch)
+            self._targets[exchange_id].push_from(sender, batch)
         except Exception as exc:  # user errors are handled in the ops: this is the engine's
             self.worker.crash(exc)
         self.counters.received += 1
@@ -86,8 +104,7 @@ class Member:
 
     def tell(self, message: dict) -> None:
         """Send a control message to the coordinator (it is small: no need to wait)."""
-        if not self.writer.is_closing():
-            self.writer.write(encode_message(message))
+        send_soon(self.writer, message)
 
     async def run(self, connect_links, on_started=None) -> RunResult:
         """Take part in the run until the coordinator ends it; the worker's result.
@@ -96,8 +113,7 @@ class Member:
         await worker.open_sinks()
         try:
             await connect_links(self)
-            self.tell({"type": "ready", "describe": worker.describe(),
-                       "sources": [src.describe() for src in worker.sources]})
+            self.tell({"type": "ready", "describe": worker.describe()})
             message = await self._next()
             if message.get("type") != "start":
                 raise ClusterStopped(message.get("why") or "the coordinator stopped the run")
@@ -178,4 +194,4 @@ class Member:
             elif kind == "finish":
                 self._finish.set()
             elif kind == "abandon":  # a second stop request: do not wait for sinks
-                worker.abandon_flush()
+                worker.abandon_flush("the cluster is stopping without waiting")

@@ -23,9 +23,11 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -34,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from wallaroo.cluster.coordinator import Coordinator, MemberHandle
 from wallaroo.cluster.exchange import RingIntake, RingLink
 from wallaroo.cluster.external import ExternalServer
+from wallaroo.cluster.formation import ClusterControl
 from wallaroo.runtime.rings import Ring, RingReader, RingWriter, make_ring_pair
 
 log = logging.getLogger("wallaroo")
@@ -76,21 +79,70 @@ def worker_name(index: int) -> str:
     return f"worker-{index}"
 
 
+class SupervisorError(Exception):
+    """The supervisor cannot start the workers; the message says why and what to do."""
+
+
 def reserve_ports(tcp_sources: dict) -> tuple[dict, list]:
-    """For each TCP source (name -> (host, port)) on port 0, pick a port all local workers can
-    share: a socket bound with SO_REUSEPORT holds it. Returns (name -> port, held sockets)."""
+    """Make sure every TCP source (name -> (host, port)) can be shared by the local workers,
+    and nobody else: a fixed port must be free (a plain bind proves nothing else listens on
+    it, SO_REUSEPORT or not); a port 0 becomes one port for all, held by a socket bound with
+    SO_REUSEPORT until the workers listen. Returns (name -> chosen port, held sockets).
+
+    Example::
+
+        >>> ports, held = reserve_ports({"in": ("127.0.0.1", 0)})
+        >>> ports["in"] == held[0].getsockname()[1]
+        True
+        >>> held[0].close()
+    """
     ports, held = {}, []
     for name, (host, port) in tcp_sources.items():
-        if port != 0:
-            continue
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, 0))
-        ports[name] = sock.getsockname()[1]
-        held.append(sock)
+        try:
+            if port == 0:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            for other in held:
+                other.close()
+            raise SupervisorError(f"source {name!r} cannot listen on {host}:{port}: "
+                                  f"{exc.strerror or exc}; pick a free port (0 picks one)") from None
+        if port == 0:
+            ports[name] = sock.getsockname()[1]
+            held.append(sock)
+        else:
+            sock.close()
     return ports, held
+
+
+def ring_bytes(count: int) -> int:
+    """Bytes of each ring between two of ``count`` local workers: 4 MiB up to 9 workers, then
+    less, so that the rings of a worker (2 per other worker) stay within 64 MiB.
+
+    Example::
+
+        >>> ring_bytes(2) >> 20, ring_bytes(32) >> 20
+        (4, 1)
+    """
+    return max(1 << 20, min(RING_BYTES, (64 << 20) // (2 * max(1, count - 1))))
+
+
+def raise_fd_limit(count: int) -> None:
+    """The supervisor holds 3 fds per ring (the ring, two eventfds) for count x (count - 1)
+    rings while it starts the workers: raise the soft limit of open files if that needs it,
+    or say how many workers fit."""
+    needed = 3 * count * (count - 1) + 2 * count + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise SupervisorError(f"{count} local workers need about {needed} open files, and this "
+                              f"process may open {hard} (ulimit -n); raise the limit or run "
+                              f"fewer workers")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 class Supervisor:
@@ -98,7 +150,9 @@ class Supervisor:
     returns the exit code and each worker's summary."""
 
     def __init__(self, argv: list[str], count: int, key_groups: int, tcp_sources: dict,
-                 announce, external: tuple[str, int] | None = None, secret: str | None = None):
+                 announce, external: tuple[str, int] | None = None, secret: str | None = None,
+                 flush_timeout: float = 30.0):
+        self.flush_timeout = flush_timeout
         self.external = external
         self.secret = secret
         self.argv = argv
@@ -110,12 +164,24 @@ class Supervisor:
 
     async def run(self) -> tuple[int, list]:
         loop = asyncio.get_running_loop()
+        raise_fd_limit(self.count)
+        control = ClusterControl()
+        external = None
+        if self.external is not None:   # before any worker starts: a busy port stops it all
+            external = ExternalServer(control, *self.external, secret=self.secret)
+            try:
+                await external.start()
+            except OSError as exc:
+                raise SupervisorError(f"--external {self.external[0]}:{self.external[1]}: "
+                                      f"cannot listen: {exc.strerror or exc}") from None
+            log.info("external control port on %s:%d", *external.address)
         ports, held = reserve_ports(self.tcp_sources)
         rings = {}   # (i, j) -> (ring, data_fd, space_fd): what worker i sends worker j
+        size = ring_bytes(self.count)
         for i in range(self.count):
             for j in range(self.count):
                 if i != j:
-                    rings[(i, j)] = make_ring_pair(RING_BYTES)
+                    rings[(i, j)] = make_ring_pair(size)
         members = []
         for index in range(self.count):
             ours, theirs = socket.socketpair()
@@ -143,14 +209,11 @@ class Supervisor:
                 sock.close()
             self.announce(handles)
 
-        coordinator = Coordinator(members, self.key_groups, self._describe_loss, ready)
+        coordinator = Coordinator(members, self.key_groups, self._describe_loss, ready,
+                                  self.flush_timeout)
+        control.coordinator = coordinator
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, coordinator.request_stop)
-        external = None
-        if self.external is not None:
-            external = ExternalServer(coordinator, *self.external, secret=self.secret)
-            await external.start()
-            log.info("external control port on %s:%d", *external.address)
         try:
             summaries = await coordinator.run()
         finally:
@@ -159,7 +222,7 @@ class Supervisor:
         codes = await asyncio.gather(*(self._reap(p) for p in self.processes))
         for sock in held:
             sock.close()
-        code = max(codes) if codes else 0
+        code = max((1 if c < 0 else c for c in codes), default=0)   # < 0: killed by a signal
         if coordinator.failure is not None:
             code = max(code, 1)
         return code, summaries
@@ -207,7 +270,7 @@ async def connect_rings(member, bootstrap: LocalBootstrap) -> None:
         ring = Ring.attach(ring_fd)
         intake = RingIntake(
             lambda deliver, ring=ring, d=data_fd, s=space_fd: RingReader(ring, d, s, deliver),
-            member.deliver, worker.intake)
+            functools.partial(member.deliver, sender=peer), worker.intake)
         intake.start()
 
 

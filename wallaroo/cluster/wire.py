@@ -118,3 +118,19 @@ async def write_message(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> No
     """
     writer.write(encode_message(obj))
     await writer.drain()
+
+
+def send_soon(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+    """Queue a message on ``writer`` without waiting for it to be sent (small control
+    messages); nothing happens once the writer is closing.
+
+    Example::
+
+        >>> class Writer:
+        ...     def is_closing(self): return False
+        ...     def write(self, data): print(data)
+        >>> send_soon(Writer(), {"type": "probe"})
+        b'\\x00\\x00\\x00\\x10{"type":"probe"}'
+    """
+    if not writer.is_closing():
+        writer.write(encode_message(obj))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import sys
 
 from wallaroo._core.frames import FrameError, FrameReader, LineReader
@@ -28,8 +29,6 @@ class FileSource(Source):
 
         >>> FileSource(None, None).progress()
         (0, None)
-        >>> line_range(b"ab\\ncd\\nef\\n", 1, 2)   # the second half starts inside "cd"
-        (6, 9)
     """
 
     bounded = True
@@ -117,7 +116,14 @@ class FileSource(Source):
 
 def _line_range_of(handle, index: int, count: int, size: int) -> tuple[int, int]:
     """[start, end): the bytes of the lines that start in share ``index`` of ``count`` equal
-    byte ranges of the file (a line belongs to the range holding its first byte)."""
+    byte ranges of the file (a line belongs to the range holding its first byte).
+
+    Example (the second half of the bytes starts inside "cd", so its first line is "ef")::
+
+        >>> import io
+        >>> _line_range_of(io.BytesIO(b"ab\\ncd\\nef\\n"), 1, 2, 9)
+        (6, 9)
+    """
     def line_start_at_or_after(offset: int) -> int:
         if offset <= 0:
             return 0
@@ -137,12 +143,6 @@ def _line_range_of(handle, index: int, count: int, size: int) -> tuple[int, int]
     start = line_start_at_or_after(size * index // count)
     end = line_start_at_or_after(size * (index + 1) // count)
     return start, max(start, end)
-
-
-def line_range(data: bytes, index: int, count: int) -> tuple[int, int]:
-    """The byte range of ``data`` that share ``index`` of ``count`` reads (see FileSource)."""
-    import io
-    return _line_range_of(io.BytesIO(data), index, count, len(data))
 
 
 class _Bounded:
@@ -213,6 +213,9 @@ class StdoutSink(Sink):
     """
 
     def push(self, batch) -> None:
+        if getattr(self.ctx, "shares_output", False):
+            self._write_whole_messages(batch.values)
+            return
         data = b"".join(batch.values)
         binary = getattr(sys.stdout, "buffer", None)
         if binary is not None:
@@ -222,6 +225,29 @@ class StdoutSink(Sink):
             sys.stdout.write(data.decode("utf-8", "replace"))
             sys.stdout.flush()
 
+    def _write_whole_messages(self, values: list) -> None:
+        """Several workers write to the same standard output: write pieces of whole messages
+        of at most PIPE_BUF bytes each, which a pipe never interleaves with another writer's
+        (a single message longer than that can still be cut)."""
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+        piece: list = []
+        size = 0
+        for value in values:
+            if piece and size + len(value) > select.PIPE_BUF:
+                _write_all(fd, b"".join(piece))
+                piece, size = [], 0
+            piece.append(value)
+            size += len(value)
+        if piece:
+            _write_all(fd, b"".join(piece))
+
     async def flush(self, timeout: float) -> bool:
         sys.stdout.flush()
         return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

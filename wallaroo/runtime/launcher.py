@@ -322,6 +322,9 @@ def _topology(flags: dict) -> Topology:
                          "reach its data channel)")
     if not initializer and "data" in flags:
         raise UsageError("--data is for the initializer; other workers use --my-data HOST:PORT")
+    if external is not None and not initializer:
+        raise UsageError("--external is served by the initializer (it runs the coordinator): "
+                         "give it there, not on other workers")
     name = INITIALIZER if initializer else flags.get("name")
     if not name:
         raise UsageError("name this worker with --name NAME (each worker its own)")

@@ -18,7 +18,7 @@ import sys
 import time
 
 from wallaroo._core.histogram import Histogram
-from wallaroo.errors import StageFailed
+from wallaroo.errors import RunStopped, StageFailed
 
 log = logging.getLogger("wallaroo")
 
@@ -113,8 +113,6 @@ def write_stats(path: str, app_name: str, summary: dict, elapsed_s: float) -> No
         log.error("cannot write --stats-file %s: %s", path, exc)
 
 
-
-
 def report_end(result, error_summary: list[str]) -> None:
     """Print what a user must know once a worker's run is over: error counts, late drops, why
     it stopped, what was not delivered."""
@@ -128,7 +126,7 @@ def report_end(result, error_summary: list[str]) -> None:
         sys.stderr.write(getattr(failure, "traceback_text", ""))
         print(f"wallaroo-run: stopped: {failure}. Fix the stage, or run with --on-error skip or "
               f"--on-error dead-letter to go on past such inputs", file=sys.stderr)
-    elif result.failure is not None and type(result.failure).__name__ == "ClusterStopped":
+    elif isinstance(result.failure, RunStopped):
         print(f"wallaroo-run: stopped: {result.failure}", file=sys.stderr)
     elif result.failure is not None:
         print(f"wallaroo-run: stopped by an internal error: {result.failure!r}", file=sys.stderr)

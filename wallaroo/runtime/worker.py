@@ -207,6 +207,8 @@ class SinkContext:
         self.name = name
         self.flow = FlowControl.joined(worker.flow, worker.intake)
         self.part_path = worker.placement.part_path
+        #: Other workers write to the same standard output.
+        self.shares_output = not worker.placement.alone
 
 
 class AbsentSource:
@@ -364,10 +366,14 @@ class Worker:
 
     def _window_op(self, node: g.Node) -> WindowOp:
         spec, params = node.spec, node.spec.params
-        plan_inputs = self.plan.watermark_inputs(node)
-        windows = [origin for i in plan_inputs if self.plan.graph.nodes[i].kind == g.WINDOW
-                   for origin in self.placement.origins(i)]
-        inputs = [origin for i in plan_inputs for origin in self.placement.origins(i)]
+        nodes = self.plan.graph.nodes
+        # every worker's instance of an input reaches this window when an exchange lies
+        # between them; otherwise only this worker's own instance does
+        instances = {i: (self.placement.origins(i) if self.plan.routed_between(nodes[i], node, True)
+                         else [self.placement.origin(i)])
+                     for i in self.plan.watermark_inputs(node)}
+        inputs = [origin for i in instances for origin in instances[i]]
+        windows = [origin for i in instances if nodes[i].kind == g.WINDOW for origin in instances[i]]
         common = (node.name, spec.aggregation, spec.output_takes_window, self.errors, inputs,
                   int(self.options.idle_timeout * 1e9))
         if spec.kind == "range":
@@ -507,10 +513,10 @@ class Worker:
         if self._stopped is not None:
             self._stopped.set()
 
-    def abandon_flush(self) -> None:
+    def abandon_flush(self, why: str = "second stop request") -> None:
         """Stop waiting for sinks to drain: what they still hold is reported undelivered."""
         if not self._abandon.is_set():
-            log.warning("second stop request: not waiting for sinks to drain")
+            log.warning("%s: not waiting for sinks to drain", why)
             self._abandon.set()
 
     def signal_stop(self) -> None:
