@@ -18,8 +18,10 @@ Each is named with ``--app wr_workers_app:NAME``; options are app args, not engi
   -> ``--output`` file sink: ``"WORD COUNT\\n"`` (more messages out than lines in).
 """
 import os
+import time
 
 import wallaroo
+from wallaroo._core.hashing import key_group
 
 
 def _opt(args, name):
@@ -181,3 +183,89 @@ def windowed_file_app(args):
                 .to(wallaroo.range_windows(wallaroo.milliseconds(100)).over(SumCount))
                 .to_sink(wallaroo.FileSinkConfig(_opt(args, "--output"), line_out)))
     return wallaroo.build_application("Windowed File", pipeline)
+
+
+# -- watermarks through two exchanges, and a window after a window ----------------------------
+
+class Seen:
+    def __init__(self):
+        self.n = 0
+
+
+@wallaroo.state_computation(name="note user", state=Seen)
+def note_user(event, seen):
+    """State per user; slow for the users of the second half of the key groups in one stretch
+    of event time, so that one worker's messages lag behind the other's."""
+    seen.n += 1
+    if 9000 <= event[0] < 10000 and key_group(event[1], 2048) >= 1024:
+        time.sleep(0.0005)
+    return event
+
+
+class CountAll(wallaroo.Aggregation):
+    """How many messages."""
+
+    def initial_accumulator(self):
+        return [0]
+
+    def update(self, event, acc):
+        acc[0] += 1
+
+    def combine(self, acc1, acc2):
+        return [acc1[0] + acc2[0]]
+
+    def output(self, key, acc, window):
+        return f"{key},{window[0]},{window[1]},{acc[0]}"
+
+
+def two_exchanges_app(args):
+    """Lines ``t_ms,user,region`` -> key_by user -> state -> key_by region -> 1 s windows
+    counting messages per region: a watermark reaches the window through both exchanges."""
+    source = wallaroo.FileSourceConfig("events", _opt(args, "--input"))
+    pipeline = (wallaroo.source("events", source, event_time=line_event_time)
+                .to(wallaroo.computation(name="parse")(lambda line: tuple(line.split(","))))
+                .to(wallaroo.computation(name="time")(lambda e: (int(e[0]), e[1], e[2])))
+                .key_by(lambda event: event[1])
+                .to(note_user)
+                .key_by(lambda event: event[2])
+                .to(wallaroo.range_windows(wallaroo.seconds(1)).over(CountAll))
+                .to_sink(wallaroo.FileSinkConfig(_opt(args, "--output"), line_out)))
+    return wallaroo.build_application("Two Exchanges", pipeline)
+
+
+class Windows(wallaroo.Aggregation):
+    """How many 100 ms windows' outputs, and their total."""
+
+    def initial_accumulator(self):
+        return [0, 0]
+
+    def update(self, line, acc):
+        acc[0] += 1
+        acc[1] += int(line.rsplit(",", 2)[-2])
+
+    def combine(self, acc1, acc2):
+        return [acc1[0] + acc2[0], acc1[1] + acc2[1]]
+
+    def output(self, key, acc, window):
+        return f"{key},{window[0]},{window[1]},{acc[0]},{acc[1]}"
+
+
+def window_after_window_app(args):
+    """Per key, 100 ms windows of [sum, count], then straight (no exchange) into 1 s windows
+    over those outputs."""
+    source = wallaroo.FileSourceConfig("events", _opt(args, "--input"))
+    pipeline = (wallaroo.source("events", source, event_time=line_event_time)
+                .to(parse_event)
+                .key_by(lambda event: event[1])
+                .to(wallaroo.range_windows(wallaroo.milliseconds(100)).over(SumCount))
+                .to(wallaroo.range_windows(wallaroo.seconds(1)).over(Windows))
+                .to_sink(wallaroo.FileSinkConfig(_opt(args, "--output"), line_out)))
+    return wallaroo.build_application("Window After Window", pipeline)
+
+
+def stdout_lines_app(args):
+    """Each line of a text file, to standard output."""
+    pipeline = (wallaroo.source("lines", wallaroo.FileSourceConfig("lines", _opt(args, "--input")))
+                .to(same_line)
+                .to_sink(wallaroo.StdoutSinkConfig(line_out)))
+    return wallaroo.build_application("Stdout Lines", pipeline)

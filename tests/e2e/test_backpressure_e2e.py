@@ -6,6 +6,8 @@ sender pushes far more data than the bound on memory allows anyone to buffer.
 """
 from __future__ import annotations
 
+import os
+import re
 import socket
 import struct
 import threading
@@ -139,3 +141,39 @@ def test_a_slow_sink_stops_the_sources_bounds_memory_and_loses_nothing(wallaroo_
         assert proc.wait(30) == 0, proc.describe()
     finally:
         receiver.close()
+
+
+def test_a_stop_with_a_sink_that_never_reads_ends_after_the_flush_timeout(wallaroo_run):
+    """SIGTERM while one worker's sink never reads: messages stay on their way to it, so the
+    run cannot end cleanly; it ends once --flush-timeout has passed, exit 1, saying what was
+    not delivered, and leaves no worker behind."""
+    receiver = SlowReceiver()
+    try:
+        proc = wallaroo_run("--app", "wr_backpressure_app", "--workers", "2", "--flush-timeout", "2",
+                            "--in", f"in@{HOST}:0", "--out", receiver.address)
+        match, ports = proc.startup()
+        pids = [int(p) for p in match["rest"].rsplit("(pids ", 1)[1].rstrip(")").split(", ")]
+        sender = Sender(ports["in"])
+        sender.start()
+        deadline = time.monotonic() + 60
+        while not sender.stalled():
+            assert time.monotonic() < deadline, "the sender never blocked"
+            time.sleep(0.1)
+        stopped_at = time.monotonic()
+        proc.signal(15)
+        assert proc.wait(20) == 1, proc.describe()
+        assert time.monotonic() - stopped_at < 12, "the stop took too long"
+        # what was still on its way between workers, or in the sink, is reported
+        assert re.search(r"not (fully )?delivered", proc.stderr), proc.describe()
+        for pid in pids:
+            assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), f"worker {pid} left running"
+    finally:
+        receiver.close()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

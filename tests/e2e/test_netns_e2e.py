@@ -257,6 +257,14 @@ def test_word_count_of_a_file_across_three_namespaces(tmp_path, netns, processes
     assert bare.wait(10) == 2, bare.describe()
     assert f"--control {netns.addresses[0]}:{CONTROL_PORT}" in bare.stderr, bare.describe()
     assert "--cluster-secret" in bare.stderr and SECRET_ENV in bare.stderr, bare.describe()
+    # a joiner without --my-data takes data on the address it reaches the initializer from,
+    # which is not loopback here: without the secret it refuses to start, before it binds
+    joiner = processes(worker_argv(netns, 1, app_args, secret=None, my_data=False),
+                       name="wallaroo-run joiner without secret", cwd=tmp_path, env=clean_env())
+    assert joiner.wait(10) == 1, joiner.describe()
+    assert f"on {netns.addresses[1]} (the address it reaches --control from)" in joiner.stderr, \
+        joiner.describe()
+    assert "--cluster-secret" in joiner.stderr, joiner.describe()
 
     procs = start_cluster(netns, processes, tmp_path, lambda i: app_args, run_dir=tmp_path / "run")
     codes = {name: proc.wait(TIMEOUT) for name, proc in procs.items()}

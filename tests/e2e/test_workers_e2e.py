@@ -20,8 +20,8 @@ Across keys the engine promises no order, so outputs are compared per key and as
 from __future__ import annotations
 
 import json
-import random
 import os
+import random
 import re
 import signal
 import socket
@@ -589,3 +589,72 @@ def test_event_time_windows_agree_with_one_worker(harness, tmp_path, workers):
         outputs[count] = sorted(line for p in parts for line in text_lines(p.read_bytes()))
     assert outputs[1] == expected
     assert outputs[workers] == expected
+
+
+def test_watermarks_through_two_exchanges_lose_nothing(harness, tmp_path):
+    """key_by user -> state -> key_by region -> window: a source's watermark reaches the window
+    through every worker, so it waits for the slowest (one worker is held back on purpose);
+    nothing counts as late and every message is counted, as on one worker."""
+    rng = random.Random(9)
+    lines, model = [], Counter()
+    for t in range(0, 20000):
+        region = f"r{rng.randint(0, 3)}"
+        lines.append(f"{t},u{rng.randint(0, 400)},{region}")
+        model[(region, t // 1000)] += 1
+    source = write_lines(tmp_path / "events.txt", lines)
+    expected = sorted(f"{r},{s * 10**9},{(s + 1) * 10**9},{n}" for (r, s), n in model.items())
+    for count in (1, 2):
+        out, stats_file = tmp_path / f"out{count}.txt", tmp_path / f"stats{count}.json"
+        run_bounded(harness, "wr_workers_app:two_exchanges_app", count, "--input", str(source),
+                    "--output", str(out), "--stats-file", str(stats_file))
+        assert json.loads(stats_file.read_text())["late"] == {}
+        got = sorted(line for p in tmp_path.glob(f"out{count}.txt*") for line in text_lines(p.read_bytes()))
+        assert got == expected, f"{count} worker(s)"
+
+
+def test_a_window_after_a_window_fires_on_every_worker(harness, tmp_path):
+    """Two windows with no exchange between them: the second follows only its own worker's
+    instance of the first, so it fires (with the same results as on one worker)."""
+    rng = random.Random(13)
+    t, lines = 0, []
+    for _ in range(4000):
+        t += rng.randint(0, 2)
+        lines.append(f"{t},k{rng.randint(0, 20)},{rng.randint(1, 9)}")
+    source = write_lines(tmp_path / "events.txt", lines)
+    outputs = {}
+    for count in (1, 2):
+        out = tmp_path / f"out{count}.txt"
+        run_bounded(harness, "wr_workers_app:window_after_window_app", count, "--input",
+                    str(source), "--output", str(out))
+        outputs[count] = sorted(line for p in tmp_path.glob(f"out{count}.txt*")
+                                for line in text_lines(p.read_bytes()))
+    assert outputs[1], "the second window fired on one worker"
+    assert sum(int(line.split(",")[-1]) for line in outputs[1]) == sum(
+        int(line.split(",")[2]) for line in lines)
+    assert outputs[2] == outputs[1]
+
+
+def test_stdout_of_several_workers_keeps_lines_whole(harness, tmp_path):
+    lines = [f"line-{i:07d}-" + "abcdefghijklmnopqrstuvwxyz" * (1 + i % 5) + "-end"
+             for i in range(60000)]
+    source = write_lines(tmp_path / "in.txt", lines)
+    proc, _ = run_bounded(harness, "wr_workers_app:stdout_lines_app", 2, "--input", str(source))
+    printed = proc.stdout.decode().split("\n")
+    assert printed[-1] == ""
+    assert sorted(printed[:-1]) == sorted(lines)
+
+
+def test_two_runs_cannot_share_a_fixed_source_port(harness, tmp_path):
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    first = harness.start("wallaroo-run", [WALLAROO_RUN, "--app", "wr_workers_app:pids_app",
+                                           "--workers", "2", "--in", f"values@{HOST}:{port}",
+                                           "--out", f"{HOST}:1"], cwd=tmp_path, env=app_env())
+    first.wait_stderr(STARTUP_RE)
+    second = harness.start("wallaroo-run", [WALLAROO_RUN, "--app", "wr_workers_app:pids_app",
+                                            "--workers", "2", "--in", f"values@{HOST}:{port}",
+                                            "--out", f"{HOST}:1"], cwd=tmp_path, env=app_env())
+    assert second.wait(RUN_TIMEOUT) == 2, second.describe()
+    assert f"cannot listen on {HOST}:{port}" in second.stderr, second.describe()
+    assert first.poll() is None

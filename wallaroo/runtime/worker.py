@@ -373,17 +373,22 @@ class Worker:
                          else [self.placement.origin(i)])
                      for i in self.plan.watermark_inputs(node)}
         inputs = [origin for i in instances for origin in instances[i]]
-        windows = [origin for i in instances if nodes[i].kind == g.WINDOW for origin in instances[i]]
+        # A message moves its input's watermark only when it comes the one way its input's
+        # messages come: not from a window (its outputs trail its watermark), nor from an
+        # input an earlier exchange spread over the workers, whose messages come through
+        # every worker in no order (its batches' aligned watermarks move it).
+        unmarked = [origin for i in instances if nodes[i].kind == g.WINDOW
+                    or self.plan.routed_between(nodes[i], node, False) for origin in instances[i]]
         common = (node.name, spec.aggregation, spec.output_takes_window, self.errors, inputs,
                   int(self.options.idle_timeout * 1e9))
         if spec.kind == "range":
             op = RangeWindowOp(*common, params["range"], params["slide"], params["delay"],
-                               params["late_data_policy"], window_inputs=windows)
+                               params["late_data_policy"], window_inputs=unmarked)
         elif spec.kind == "session":
             op = SessionWindowOp(*common, params["gap"], params["delay"],
-                                 params["late_data_policy"], window_inputs=windows)
+                                 params["late_data_policy"], window_inputs=unmarked)
         else:
-            op = CountWindowOp(*common, params["count"], params["timeout"], window_inputs=windows)
+            op = CountWindowOp(*common, params["count"], params["timeout"], window_inputs=unmarked)
         op.origin = self.placement.origin(self.plan.origin(node))
         return op
 
