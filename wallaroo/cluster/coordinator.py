@@ -44,7 +44,16 @@ LINK_LOSS_GRACE = 2.0
 @dataclass(eq=False)
 class MemberHandle:
     """The coordinator's view of one worker: its name, index, control connection and what it
-    last said."""
+    last said.
+
+    Example::
+
+        >>> class Writer:
+        ...     def is_closing(self): return False
+        ...     def write(self, data): print(data)
+        >>> MemberHandle("w1", 1, reader=None, writer=Writer()).send({"type": "start"})
+        b'\\x00\\x00\\x00\\x10{"type":"start"}'
+    """
 
     name: str
     index: int
@@ -68,6 +77,25 @@ class Coordinator:
 
     ``describe_loss(index)`` (a coroutine) words why a worker went away (the supervisor knows
     its exit status); ``on_ready(members)`` is called once every worker is ready and started.
+
+    Example (a worker says it is ready, then its control connection closes; see
+    wallaroo.cluster.member.Member for a whole run)::
+
+        >>> from wallaroo.cluster.wire import decode_message, encode_message
+        >>> class Writer:
+        ...     def __init__(self): self.sent = []
+        ...     def is_closing(self): return False
+        ...     def write(self, data): self.sent.append(decode_message(data[4:])["type"])
+        ...     def close(self): pass
+        >>> async def a_worker_goes_away():
+        ...     reader, writer = asyncio.StreamReader(), Writer()
+        ...     reader.feed_data(encode_message({"type": "ready"}))
+        ...     reader.feed_eof()
+        ...     coordinator = Coordinator([MemberHandle("w0", 0, reader, writer)], key_groups=4)
+        ...     summaries = await coordinator.run()
+        ...     return summaries, coordinator.failure, writer.sent
+        >>> asyncio.run(a_worker_goes_away())
+        ([None], 'worker w0 went away (its control connection closed)', ['start', 'abort'])
     """
 
     def __init__(self, members: list[MemberHandle], key_groups: int, describe_loss=None,
@@ -136,6 +164,10 @@ class Coordinator:
         self._events.put_nowait(("stop_requested", None, {}))
 
     async def run(self) -> list[dict | None]:
+        """Run the cluster from start to end: start the workers once all are ready, end the
+        run when it is over, stopped or failed (``failure`` then says why), and wait until
+        every worker is done or gone. Each worker's summary, by index (None for one that went
+        away); the control connections are closed."""
         loop = asyncio.get_running_loop()
         self._listeners = [loop.create_task(self._listen(m)) for m in self.members]
         try:

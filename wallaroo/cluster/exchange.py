@@ -65,12 +65,22 @@ class Counters:
         self.received = 0
 
     def snapshot(self) -> dict:
+        """Both totals, as this worker answers the coordinator's probe."""
         return {"sent": self.sent, "received": self.received}
 
 
 def encode_record(exchange_id: int, batch: Batch, serialize=None) -> bytes:
     """A record: the exchange's number and the batch's bytes (see wallaroo._core.serde).
-    Keys that are the values themselves (a word keyed by itself) are not written twice."""
+    Keys that are the values themselves (a word keyed by itself) are not written twice.
+
+    Example::
+
+        >>> words = ["to", "be"]
+        >>> record = encode_record(3, Batch(words, keys=words, groups=[5, 9]))
+        >>> exchange_id, batch = decode_record(record)
+        >>> exchange_id, batch.values, batch.keys is batch.values
+        (3, ['to', 'be'], True)
+    """
     if batch.keys is not None and same_objects(batch.keys, batch.values):
         batch = Batch(batch.values, None, batch.key, batch.groups, batch.group, batch.ingest_ns,
                       batch.event_times, batch.origin, batch.watermark)
@@ -79,7 +89,17 @@ def encode_record(exchange_id: int, batch: Batch, serialize=None) -> bytes:
 
 
 def decode_record(record, deserialize=None) -> tuple[int, Batch]:
-    """(exchange number, batch) of a record; ValueError if it is not one."""
+    """(exchange number, batch) of a record; ValueError if it is not one.
+
+    Example::
+
+        >>> decode_record(encode_record(2, Batch([1, 2])))[1].values
+        [1, 2]
+        >>> decode_record(b"\\x00\\x01")
+        Traceback (most recent call last):
+        ...
+        ValueError: a record of 2 bytes is too short
+    """
     if len(record) < _RECORD_HEAD.size:
         raise ValueError(f"a record of {len(record)} bytes is too short")
     view = memoryview(record)
@@ -123,6 +143,9 @@ class WatermarkAligner:
         self._marks: dict[object, dict[int, int]] = {}
 
     def push_from(self, sender: int, batch: Batch) -> None:
+        """Pass ``batch``, which came from worker ``sender``, on to the target, its watermark
+        lowered to the lowest that every sender of its origin has reached; a batch that holds
+        no message is dropped while some sender has sent no watermark of that origin yet."""
         mark = batch.watermark
         if mark != WATERMARK_NONE and batch.origin is not None:
             senders = self.senders_of(batch.origin)
@@ -140,13 +163,22 @@ class WatermarkAligner:
 
 
 class Direct:
-    """Stands after an exchange that needs no aligning: passes batches straight on."""
+    """Stands after an exchange that needs no aligning: passes batches straight on.
+
+    Example::
+
+        >>> class Show:
+        ...     def push(self, batch): print(batch.values)
+        >>> Direct(Show()).push_from(1, Batch(["from worker 1"]))
+        ['from worker 1']
+    """
 
     def __init__(self, target):
         self.target = target
         self.sees_watermarks = bool(getattr(target, "sees_watermarks", False))
 
     def push_from(self, sender: int, batch: Batch) -> None:
+        """Pass ``batch`` on to the target, whichever worker ``sender`` it came from."""
         self.target.push(batch)
 
 
@@ -157,6 +189,19 @@ class Exchange:
     matter.
 
     Remote parts are sent before the local part runs, so the other workers work meanwhile.
+
+    Example (worker 1 of 2; key groups 0 and 2 are its own, group 1 is worker 0's)::
+
+        >>> class Keep:
+        ...     def __init__(self): self.got = []
+        ...     def push(self, batch): self.got.extend(batch.values)
+        ...     def send(self, record): self.got.extend(decode_record(record)[1].values)
+        >>> here, to_worker_0 = Keep(), Keep()
+        >>> ex = Exchange(1, Direct(here), RoutingTable([1, 0, 1]), 1, [to_worker_0, None],
+        ...               Counters())
+        >>> ex.push(Batch(["x", "y", "z"], keys=["x", "y", "z"], groups=[0, 1, 2]))
+        >>> here.got, to_worker_0.got, ex.counters.sent
+        (['x', 'z'], ['y'], 1)
     """
 
     def __init__(self, exchange_id: int, local, table: RoutingTable, me: int, links: list,
@@ -172,6 +217,9 @@ class Exchange:
         self.sees_watermarks = bool(getattr(local, "sees_watermarks", False))
 
     def push(self, batch: Batch) -> None:
+        """Split ``batch`` by the worker that owns each message's key group: send every other
+        worker's part as a record over its link (counted in ``counters.sent``), then run this
+        worker's own part."""
         parts = route(batch, self.table)
         wanted = self.sees_watermarks
         for index, part in enumerate(parts):
@@ -188,6 +236,23 @@ class RingLink:
     (wallaroo.runtime.rings); a record longer than the ring's largest goes in fragments.
 
     ``flow`` is the source gate it closes while the ring has no room (its credit is spent).
+
+    Example (a ring whose records hold 3 bytes, and that is full)::
+
+        >>> from types import SimpleNamespace
+        >>> from wallaroo.runtime.flow import FlowControl
+        >>> class FullRing:
+        ...     ring = SimpleNamespace(max_record=4)
+        ...     def send(self, payload): print(bytes(payload)); return False
+        >>> flow = FlowControl()
+        >>> link = RingLink(FullRing(), flow, "worker-1")
+        >>> link.send(b"hello")
+        b'\\x01hel'
+        b'\\x00lo'
+        >>> flow.paused
+        True
+        >>> link.writer.on_drained(); flow.paused      # the peer has taken what was sent
+        False
     """
 
     def __init__(self, writer, flow, peer: str):
@@ -198,6 +263,9 @@ class RingLink:
         writer.on_drained = self._drained
 
     def send(self, record: bytes) -> None:
+        """Put ``record`` into the ring (in fragments if it is longer than the ring's largest
+        record); if the ring has no room for all of it, the rest waits in order and the
+        source gate stays closed until the ring drains."""
         view = memoryview(record)
         accepted = True
         while len(view) > self.limit:
@@ -211,12 +279,39 @@ class RingLink:
         self.flow.unblock(self)
 
     def close(self) -> None:
+        """Stop writing into the ring (records still waiting for room are dropped)."""
         self.writer.close()
 
 
 class RingIntake:
     """Takes records from a local worker's ring (joining fragments) and hands each to
-    ``deliver(record)``; stops taking them while the ``intake`` gate is closed."""
+    ``deliver(record)``; stops taking them while the ``intake`` gate is closed.
+
+    ``reader_factory(on_record)`` makes the ring's RingReader (wallaroo.runtime.rings).
+
+    Example (both ends of one ring on one loop)::
+
+        >>> import asyncio, os
+        >>> from wallaroo.runtime.flow import FlowControl
+        >>> from wallaroo.runtime.rings import Ring, RingReader, RingWriter, make_ring_pair
+        >>> async def through_a_ring():
+        ...     ring, data_fd, space_fd = make_ring_pair(4096)
+        ...     got = []
+        ...     intake = RingIntake(lambda on_record: RingReader(ring, data_fd, space_fd,
+        ...                                                      on_record),
+        ...                         got.append, FlowControl())
+        ...     writer = RingWriter(Ring.attach(os.dup(ring.fd)), data_fd, space_fd)
+        ...     link = RingLink(writer, FlowControl(), "worker-1")
+        ...     intake.start()
+        ...     link.send(b"x" * 10_000)           # longer than a ring record: in fragments
+        ...     while not got:
+        ...         await asyncio.sleep(0)
+        ...     intake.close(); link.close()
+        ...     os.close(data_fd); os.close(space_fd); ring.close(); writer.ring.close()
+        ...     return [len(record) for record in got]
+        >>> asyncio.run(through_a_ring())
+        [10000]
+    """
 
     def __init__(self, reader_factory, deliver, intake):
         self._parts: list[bytes] = []
@@ -225,6 +320,7 @@ class RingIntake:
         intake.subscribe(self.reader.pause, self.reader.resume)
 
     def start(self) -> None:
+        """Start taking records from the ring."""
         self.reader.start()
 
     def _on_ring_record(self, data: bytes) -> None:
@@ -239,6 +335,7 @@ class RingIntake:
         self.deliver(record)
 
     def close(self) -> None:
+        """Stop taking records from the ring."""
         self.reader.close()
 
 
@@ -249,6 +346,27 @@ class TcpLink(asyncio.Protocol):
 
     ``on_lost(peer)`` (an attribute) is called when the connection ends, unless ``close()``
     was called first.
+
+    Example (with a stand-in for the socket's transport)::
+
+        >>> from wallaroo.runtime.flow import FlowControl
+        >>> class Transport:
+        ...     def set_write_buffer_limits(self, high, low): pass
+        ...     def pause_reading(self): print("pause reading")
+        ...     def resume_reading(self): print("resume reading")
+        ...     def write(self, data): print(data)
+        ...     def close(self): pass
+        >>> flow, intake = FlowControl(), FlowControl()
+        >>> link = TcpLink(flow, intake, print, "w1")
+        >>> link.connection_made(Transport())
+        >>> link.send(b"hi")
+        b'\\x00\\x00\\x00\\x02hi'
+        >>> link.data_received(b"\\x00\\x00\\x00\\x03abc")    # a record from w1
+        b'abc'
+        >>> intake.block("sink")                           # a slow sink: stop reading
+        pause reading
+        >>> link.pause_writing(); flow.paused              # w1 does not read: stop sources
+        True
     """
 
     HIGH_WATER = 8 * 1024 * 1024
@@ -265,6 +383,8 @@ class TcpLink(asyncio.Protocol):
         self.on_lost = lambda peer: None
 
     def connection_made(self, transport) -> None:
+        """Take ``transport`` over: set its buffer limits and let the intake gate pause and
+        resume its reading (paused at once if the gate is closed)."""
         self.transport = transport
         transport.set_write_buffer_limits(high=self.HIGH_WATER, low=self.LOW_WATER)
         self.intake.subscribe(transport.pause_reading, transport.resume_reading)
@@ -272,15 +392,21 @@ class TcpLink(asyncio.Protocol):
             transport.pause_reading()
 
     def send(self, record: bytes) -> None:
+        """Write ``record`` behind its u32 big-endian length; never refused (see
+        ``pause_writing``)."""
         self.transport.write(struct.pack(">I", len(record)) + record)
 
     def pause_writing(self) -> None:
+        """The socket's buffer is over ``HIGH_WATER``: close the source gate."""
         self.flow.block(self)
 
     def resume_writing(self) -> None:
+        """The socket's buffer is under ``LOW_WATER`` again: release the source gate."""
         self.flow.unblock(self)
 
     def data_received(self, data: bytes) -> None:
+        """Hand each complete record in ``data`` (and what came before it) to ``deliver``; a
+        bad frame closes the connection."""
         try:
             records = self.reader.feed(data)
         except FrameError as exc:
@@ -291,11 +417,14 @@ class TcpLink(asyncio.Protocol):
             self.deliver(record)
 
     def connection_lost(self, exc) -> None:
+        """Release the source gate, and call ``on_lost(peer)`` unless ``close()`` was
+        called."""
         self.flow.unblock(self)
         if not self.closing:
             self.on_lost(self.peer)
 
     def close(self) -> None:
+        """Close the connection on purpose (``on_lost`` is not called)."""
         self.closing = True
         if self.transport is not None:
             self.transport.close()

@@ -63,11 +63,31 @@ RETRY_INTERVAL = 0.5
 
 
 class FormationError(Exception):
-    """The cluster could not be formed; the message says what was tried and what to check."""
+    """The cluster could not be formed; the message says what was tried and what to check.
+
+    Example::
+
+        >>> async def initializer_went_away():
+        ...     reader = asyncio.StreamReader()
+        ...     reader.feed_eof()
+        ...     await receive_topology(reader, ClusterSpec("w1", ("127.0.0.1", 6000)))
+        >>> try:
+        ...     asyncio.run(initializer_went_away())
+        ... except FormationError as exc:
+        ...     print(exc)
+        the initializer closed the connection before sending the topology
+    """
 
 
 def parse_address(flag: str, value: str) -> tuple[str, int]:
-    """(host, port) of a ``HOST:PORT`` flag value (``[v6]:port`` works too)."""
+    """(host, port) of a ``HOST:PORT`` flag value (``[v6]:port`` works too); ValueError,
+    naming ``flag``, if it is not one.
+
+    Example::
+
+        >>> parse_address("--data", "[::1]:6001")
+        ('::1', 6001)
+    """
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"{flag} {value!r}: give HOST:PORT, such as 127.0.0.1:6000")
@@ -76,7 +96,14 @@ def parse_address(flag: str, value: str) -> tuple[str, int]:
 
 @dataclass
 class ClusterSpec:
-    """What the cluster flags of one worker say."""
+    """What the cluster flags of one worker say.
+
+    Example::
+
+        >>> spec = ClusterSpec("w1", parse_address("--control", "10.0.0.1:6000"))
+        >>> spec.initializer, spec.worker_count, spec.data, spec.join_timeout
+        (False, 1, None, 30.0)
+    """
 
     name: str
     control: tuple[str, int]
@@ -91,25 +118,42 @@ class ClusterSpec:
 
 class ClusterControl:
     """What the external port asks, answered by the coordinator once the cluster has formed
-    (before that: who has joined, not processing)."""
+    (before that: who has joined, not processing).
+
+    Example::
+
+        >>> control = ClusterControl(); control.joined.append("initializer")
+        >>> asyncio.run(control.status())
+        {'worker_names': ['initializer'], 'worker_count': 1, 'processing_messages': False}
+        >>> asyncio.run(control.shutdown())
+        Traceback (most recent call last):
+        ...
+        RuntimeError: the cluster is still forming: 1 worker(s) joined so far
+    """
 
     def __init__(self):
         self.coordinator: Coordinator | None = None
         self.joined: list[str] = []
 
     async def status(self) -> dict:
+        """Worker names and count, and whether the cluster is processing messages (see
+        ``Coordinator.status``); while it forms, the workers that have joined so far."""
         if self.coordinator is None:
             return {"worker_names": list(self.joined), "worker_count": len(self.joined),
                     "processing_messages": False}
         return await self.coordinator.status()
 
     async def partitions(self) -> dict:
+        """The coordinator's ``partitions``; RuntimeError while the cluster is forming."""
         return await self._formed().partitions()
 
     async def state_entities(self) -> dict:
+        """The coordinator's ``state_entities``; RuntimeError while the cluster is forming."""
         return await self._formed().state_entities()
 
     async def shutdown(self) -> dict:
+        """A clean shutdown of the cluster (``Coordinator.shutdown``); RuntimeError while it
+        is forming."""
         return await self._formed().shutdown()
 
     def _formed(self) -> Coordinator:
@@ -121,7 +165,27 @@ class ClusterControl:
 
 class Initializer:
     """The control port of the first worker: takes ``worker_count`` workers in, sends each the
-    topology, then runs the coordinator."""
+    topology, then runs the coordinator.
+
+    Make it on the loop it will run on. Example (a cluster of one, formed on 127.0.0.1; its
+    worker goes away before it is ready, so the run ends at once)::
+
+        >>> async def form_alone():
+        ...     spec = ClusterSpec(INITIALIZER, ("127.0.0.1", 0), initializer=True)
+        ...     initializer = Initializer(spec, key_groups=4, control=ClusterControl())
+        ...     await initializer.start()              # spec.control gets the port picked
+        ...     data = DataPort(spec, "127.0.0.1", 0)
+        ...     await data.start()
+        ...     coordinating = asyncio.create_task(initializer.coordinate())
+        ...     reader, writer = await join(spec, data)
+        ...     topology = await receive_topology(reader, spec)
+        ...     writer.close()
+        ...     summaries = await coordinating
+        ...     await data.close(); await initializer.close()
+        ...     return topology["index"], [w["name"] for w in topology["workers"]], summaries
+        >>> asyncio.run(form_alone())
+        (0, ['initializer'], [None])
+    """
 
     def __init__(self, spec: ClusterSpec, key_groups: int, control: ClusterControl,
                  flush_timeout: float = 30.0):
@@ -134,6 +198,8 @@ class Initializer:
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
+        """Listen on the spec's control address (port 0 picks a port, written back into
+        ``spec.control``); FormationError if it cannot."""
         host, port = self.spec.control
         try:
             self.server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
@@ -180,12 +246,28 @@ class Initializer:
         return await coordinator.run()
 
     async def close(self) -> None:
+        """Stop listening on the control port (connections already taken stay open)."""
         if self.server is not None:
             self.server.close()
 
 
 class DataPort:
-    """This worker's data listener: the workers before it connect here."""
+    """This worker's data listener: the workers before it connect here.
+
+    Example (worker 0 never connects)::
+
+        >>> async def nobody_comes():
+        ...     data = DataPort(ClusterSpec("w1", ("127.0.0.1", 6000)), "127.0.0.1", 0)
+        ...     await data.start()                     # port 0 picks a port
+        ...     try:
+        ...         await data.wait_for(0, deadline=time.monotonic())
+        ...     except FormationError as exc:
+        ...         return str(exc).replace(data.address, "ADDRESS")
+        ...     finally:
+        ...         await data.close()
+        >>> asyncio.run(nobody_comes())
+        "worker 0 did not connect to this worker's data port ADDRESS; can it reach this address?"
+    """
 
     def __init__(self, spec: ClusterSpec, host: str, port: int):
         self.spec = spec
@@ -196,6 +278,8 @@ class DataPort:
         self.changed = asyncio.Event()
 
     async def start(self) -> None:
+        """Listen on the data address (port 0 picks a port, kept in ``port``);
+        FormationError if it cannot."""
         try:
             self.server = await asyncio.start_server(self._accept, self.host, self.port,
                                                      reuse_address=True)
@@ -206,6 +290,7 @@ class DataPort:
 
     @property
     def address(self) -> str:
+        """``HOST:PORT`` of the data listener, as the other workers are told it."""
         return f"{self.host}:{self.port}"
 
     async def _accept(self, reader, writer) -> None:
@@ -222,6 +307,9 @@ class DataPort:
         self.changed.set()
 
     async def wait_for(self, index: int, deadline: float) -> tuple:
+        """The (reader, writer) of worker ``index``'s data connection, once it has connected
+        and proved the secret; FormationError if it has not by ``deadline``
+        (``time.monotonic()``)."""
         while index not in self.arrived:
             self.changed.clear()
             left = deadline - time.monotonic()
@@ -236,13 +324,33 @@ class DataPort:
         return self.arrived.pop(index)
 
     async def close(self) -> None:
+        """Stop listening for data connections (those already taken stay open)."""
         if self.server is not None:
             self.server.close()
 
 
 def adopt(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: TcpLink) -> TcpLink:
     """Hand a connection whose handshake is done over to ``link`` (a Protocol), with any
-    bytes its stream had already read."""
+    bytes its stream had already read.
+
+    Example (a record that came right behind a handshake line)::
+
+        >>> from wallaroo.runtime.flow import FlowControl
+        >>> async def hand_over():
+        ...     got = asyncio.get_running_loop().create_future()
+        ...     async def accept(reader, writer):
+        ...         await reader.readline()                # the handshake, say
+        ...         adopt(reader, writer, TcpLink(FlowControl(), FlowControl(), got.set_result,
+        ...                                       "w1"))
+        ...     server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        ...     reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        ...     writer.write(b"hello\\n" + b"\\x00\\x00\\x00\\x02hi")
+        ...     record = await got
+        ...     writer.close(); server.close()
+        ...     return record
+        >>> asyncio.run(hand_over())
+        b'hi'
+    """
     transport = writer.transport
     link.stream = (reader, writer)   # a stream left to the garbage collector closes its socket
     transport.set_protocol(link)
@@ -255,7 +363,19 @@ def adopt(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: TcpL
 
 async def join(spec: ClusterSpec, data: DataPort) -> tuple:
     """Connect to the initializer (retrying until ``join_timeout``); the control connection's
-    (reader, writer)."""
+    (reader, writer). FormationError if it cannot be reached or refuses this worker.
+
+    Example (nothing listens at the control address; see Initializer for a join that works)::
+
+        >>> import socket
+        >>> with socket.socket() as probe:             # a port nobody listens on
+        ...     probe.bind(("127.0.0.1", 0)); port = probe.getsockname()[1]
+        >>> spec = ClusterSpec("w1", ("127.0.0.1", port), join_timeout=0)
+        >>> asyncio.run(join(spec, DataPort(spec, "127.0.0.1", 0)))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        wallaroo.cluster.formation.FormationError: could not reach the initializer at ...
+    """
     host, port = spec.control
     deadline = time.monotonic() + spec.join_timeout
     attempts, last = 0, ""
@@ -290,7 +410,28 @@ async def join(spec: ClusterSpec, data: DataPort) -> tuple:
 
 
 async def receive_topology(reader, spec: ClusterSpec) -> dict:
-    """The topology the initializer sends once every worker has joined."""
+    """The topology the initializer sends once every worker has joined; FormationError if
+    the connection ends or the initializer refused this worker.
+
+    Example::
+
+        >>> from wallaroo.cluster.wire import encode_message
+        >>> async def topology_of(*messages):
+        ...     reader = asyncio.StreamReader()
+        ...     reader.feed_data(b"".join(map(encode_message, messages)))
+        ...     reader.feed_eof()
+        ...     return await receive_topology(reader, ClusterSpec("w1", ("127.0.0.1", 6000)))
+        >>> workers = [{"name": "initializer", "data": "127.0.0.1:6001"},
+        ...            {"name": "w1", "data": "127.0.0.1:6002"}]
+        >>> asyncio.run(topology_of({"type": "topology", "index": 1, "workers": workers,
+        ...                          "key_groups": 4}))["index"]
+        1
+        >>> try:
+        ...     asyncio.run(topology_of({"type": "refused", "why": "the cluster is full"}))
+        ... except FormationError as exc:
+        ...     print(exc)
+        the initializer refused this worker: the cluster is full
+    """
     try:
         message = await read_message(reader)
     except (WireError, OSError) as exc:
@@ -309,7 +450,11 @@ async def receive_topology(reader, spec: ClusterSpec) -> dict:
 
 def link_over_tcp(data: DataPort, topology: dict, spec: ClusterSpec):
     """``connect_links`` for a Member of a TCP cluster: connect to every worker after this
-    one, take the connections of every worker before it."""
+    one, take the connections of every worker before it.
+
+    Example: ``result = await member.run(link_over_tcp(data, topology, spec))`` (as
+    wallaroo.cluster.launch.run_cluster_worker does, once ``receive_topology`` returned).
+    """
     async def connect(member) -> None:
         me, workers = topology["index"], topology["workers"]
         worker = member.worker
@@ -364,6 +509,8 @@ class RunFile:
         self.path = os.path.join(folder, f"{safe}.worker.json")
 
     def write(self, data: dict) -> None:
+        """Write ``data`` as the file's JSON, replacing what it held (a reader never sees half
+        of it)."""
         partial = self.path + ".partial"
         try:
             os.unlink(partial)
@@ -375,6 +522,7 @@ class RunFile:
         os.replace(partial, self.path)
 
     def remove(self) -> None:
+        """Remove the file (it may be gone already)."""
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -383,7 +531,13 @@ class RunFile:
 
 def default_data_host(control: tuple[str, int]) -> str:
     """The address this host would use to reach ``control``: where the others can most
-    likely reach this worker's data port."""
+    likely reach this worker's data port. ``control``'s own host if no route is found.
+
+    Example::
+
+        >>> default_data_host(("127.0.0.1", 6000))
+        '127.0.0.1'
+    """
     family = socket.AF_INET6 if ":" in control[0] else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as probe:

@@ -38,7 +38,14 @@ log = logging.getLogger("wallaroo")
 async def run_local_member(local: LocalBootstrap, app, options: RunOptions, source_configs: dict,
                            sink_configs: dict):
     """Run as local worker ``local.index`` of a supervisor; the worker's result, or an exit
-    code when it could not start."""
+    code when it could not start.
+
+    Each port-0 TCP source listens on the port the supervisor picked for it; SIGINT is
+    ignored (the supervisor decides what it means) and SIGTERM stops this worker.
+
+    Example: ``result = await run_local_member(LocalBootstrap.from_env(), app, options, {},
+    {})`` (in a process the supervisor started: see wallaroo.runtime.launcher).
+    """
     source_configs = dict(source_configs)
     for node in app.graph.sources:
         config = source_configs.get(node.name, node.spec)
@@ -68,7 +75,15 @@ async def run_local_member(local: LocalBootstrap, app, options: RunOptions, sour
 async def supervise(argv: list[str], app, options: RunOptions, source_configs: dict,
                     count: int, stats_file: str | None, external: tuple[str, int] | None = None,
                     secret: str | None = None) -> int:
-    """Start ``count`` local workers and coordinate them; the exit code."""
+    """Start ``count`` local workers and coordinate them; the exit code.
+
+    ``argv`` is the command line each worker runs; with ``stats_file``, the workers' merged
+    summary is written there.
+
+    Example: ``code = await supervise(["--app", "wc", "--workers", "4"], app, RunOptions(),
+    {}, 4, None)`` (what ``wallaroo-run --app wc --workers 4`` does: see
+    wallaroo.runtime.launcher).
+    """
     tcp_sources = {}
     for node in app.graph.sources:
         config = source_configs.get(node.name, node.spec)
@@ -98,7 +113,25 @@ async def supervise(argv: list[str], app, options: RunOptions, source_configs: d
 async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source_configs: dict,
                              sink_configs: dict, stats_file: str | None) -> int:
     """Run as a worker of a TCP cluster (and, with ``--cluster-initializer``, its
-    coordinator); the exit code."""
+    coordinator); the exit code.
+
+    Example (a cluster of one worker, the initializer, on 127.0.0.1; its run file is removed
+    once the run ends well)::
+
+        >>> import os, tempfile, wallaroo
+        >>> from wallaroo.runtime.worker import RunOptions
+        >>> folder = tempfile.mkdtemp()
+        >>> out = os.path.join(folder, "out.txt")
+        >>> app = wallaroo.build_application("copy", wallaroo.source(
+        ...     "n", wallaroo.IterSourceConfig("n", [1, 2, 3]))
+        ...     .to_sink(wallaroo.FileSinkConfig(out, wallaroo.encoder(lambda n: f"{n}\\n"))))
+        >>> spec = ClusterSpec("initializer", ("127.0.0.1", 0), initializer=True,
+        ...                    data=("127.0.0.1", 0), run_dir=folder)
+        >>> asyncio.run(run_cluster_worker(spec, app, RunOptions(), {}, {}, stats_file=None))
+        0
+        >>> sorted(os.listdir(folder))
+        ['out.txt']
+    """
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     control = ClusterControl()

@@ -36,7 +36,14 @@ log = logging.getLogger("wallaroo")
 
 class ClusterStopped(RunStopped):
     """The run was stopped because of another worker (it failed, or it or the coordinator
-    went away)."""
+    went away).
+
+    Example::
+
+        >>> stopped = ClusterStopped("the coordinator closed the control connection")
+        >>> isinstance(stopped, RunStopped), str(stopped)
+        (True, 'the coordinator closed the control connection')
+    """
 
 
 class Member:
@@ -44,6 +51,49 @@ class Member:
 
     ``control`` is the (reader, writer) pair of the control connection; ``serializer`` the
     app module's (serialize, deserialize), or None.
+
+    Example (two workers and their coordinator on one loop: control connections over socket
+    pairs, links that deliver on the loop's next turn; worker 0 reads the source, each
+    worker counts the words whose key groups it owns and writes its own part file)::
+
+        >>> import os, pathlib, socket, tempfile, wallaroo
+        >>> from wallaroo.cluster.coordinator import Coordinator, MemberHandle
+        >>> from wallaroo.runtime.worker import RunOptions
+        >>> @wallaroo.state_computation(name="count", state=dict)
+        ... def count(word, seen):
+        ...     seen[word] = seen.get(word, 0) + 1
+        ...     return f"{word} {seen[word]}"
+        >>> out = os.path.join(tempfile.mkdtemp(), "counts.txt")
+        >>> app = wallaroo.build_application("wc", wallaroo.source(
+        ...     "words", wallaroo.IterSourceConfig("words", "a b a c b a".split()))
+        ...     .key_by(lambda word: word).to(count)
+        ...     .to_sink(wallaroo.FileSinkConfig(out, wallaroo.encoder(lambda s: s + "\\n"))))
+        >>> class Link:
+        ...     def __init__(self, to, me): self.to, self.me = to, me
+        ...     def send(self, record):
+        ...         asyncio.get_running_loop().call_soon(self.to.deliver, record, self.me)
+        ...     def close(self): pass
+        >>> async def two_workers():
+        ...     handles, members = [], []
+        ...     for i in range(2):
+        ...         ours, theirs = socket.socketpair()
+        ...         coordinator_side = await asyncio.open_connection(sock=ours)
+        ...         handles.append(MemberHandle(f"w{i}", i, *coordinator_side))
+        ...         control = await asyncio.open_connection(sock=theirs)
+        ...         members.append(Member(app, RunOptions(), {}, {}, Placement(i, 2, f"w{i}"),
+        ...                               control))
+        ...     async def connect_links(member):
+        ...         me = member.placement.index
+        ...         member.links[1 - me] = Link(members[1 - me], me)
+        ...     results = await asyncio.gather(Coordinator(handles, Placement().key_groups).run(),
+        ...                                    *(m.run(connect_links) for m in members))
+        ...     return [s["ingested"] for s in results[0]], [r.exit_code for r in results[1:]]
+        >>> asyncio.run(two_workers())
+        ([6, 0], [0, 0])
+        >>> for part in ("part-0", "part-1"):
+        ...     print(part, pathlib.Path(f"{out}.{part}").read_text().splitlines())
+        part-0 ['b 1', 'c 1', 'b 2']
+        part-1 ['a 1', 'a 2', 'a 3']
     """
 
     def __init__(self, app, options, source_configs: dict, sink_configs: dict,
@@ -108,7 +158,8 @@ class Member:
 
     async def run(self, connect_links, on_started=None) -> RunResult:
         """Take part in the run until the coordinator ends it; the worker's result.
-        ``connect_links(member)`` fills ``links`` and starts taking records from them."""
+        ``connect_links(member)`` fills ``links`` and starts taking records from them;
+        ``on_started(worker)`` is called once the sources are open."""
         worker = self.worker
         await worker.open_sinks()
         try:

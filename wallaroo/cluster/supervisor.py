@@ -51,7 +51,18 @@ RING_BYTES = 4 * 1024 * 1024
 class LocalBootstrap:
     """What a local worker is told by its supervisor: its index of ``count``, the fd of its
     control connection, the (ring, data eventfd, space eventfd) fds of the ring to (out) and
-    from (in) each other worker, and the port each port-0 TCP source listens on."""
+    from (in) each other worker, and the port each port-0 TCP source listens on.
+
+    It reaches the worker as JSON in the ``WALLAROO_LOCAL_WORKER`` environment variable.
+
+    Example::
+
+        >>> bootstrap = LocalBootstrap(index=0, count=2, control_fd=5, rings_out={1: [6, 7, 8]})
+        >>> LocalBootstrap.from_env({ENV: bootstrap.to_env()}).rings_out
+        {1: [6, 7, 8]}
+        >>> LocalBootstrap.from_env({}) is None           # not a local worker
+        True
+    """
 
     index: int
     count: int
@@ -61,10 +72,13 @@ class LocalBootstrap:
     source_ports: dict = field(default_factory=dict)
 
     def to_env(self) -> str:
+        """This bootstrap as the value of the ``ENV`` environment variable."""
         return json.dumps(asdict(self))
 
     @classmethod
     def from_env(cls, environ=None) -> "LocalBootstrap | None":
+        """The bootstrap in ``environ`` (``os.environ`` by default), or None when this process
+        is not a local worker."""
         raw = (environ if environ is not None else os.environ).get(ENV)
         if not raw:
             return None
@@ -75,12 +89,28 @@ class LocalBootstrap:
 
 
 def worker_name(index: int) -> str:
-    """The name of local worker ``index`` (in logs, status and partitions)."""
+    """The name of local worker ``index`` (in logs, status and partitions).
+
+    Example::
+
+        >>> worker_name(0)
+        'worker-0'
+    """
     return f"worker-{index}"
 
 
 class SupervisorError(Exception):
-    """The supervisor cannot start the workers; the message says why and what to do."""
+    """The supervisor cannot start the workers; the message says why and what to do.
+
+    Example::
+
+        >>> with socket.socket() as busy:
+        ...     busy.bind(("127.0.0.1", 0)); busy.listen()
+        ...     reserve_ports({"in": busy.getsockname()})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        wallaroo.cluster.supervisor.SupervisorError: source 'in' cannot listen on 127.0.0.1:...
+    """
 
 
 def reserve_ports(tcp_sources: dict) -> tuple[dict, list]:
@@ -133,7 +163,15 @@ def ring_bytes(count: int) -> int:
 def raise_fd_limit(count: int) -> None:
     """The supervisor holds 3 fds per ring (the ring, two eventfds) for count x (count - 1)
     rings while it starts the workers: raise the soft limit of open files if that needs it,
-    or say how many workers fit."""
+    or raise SupervisorError (saying how many files the workers need) when the hard limit
+    is too low.
+
+    Example::
+
+        >>> raise_fd_limit(2)                             # 2 workers: about 74 open files
+        >>> resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 74
+        True
+    """
     needed = 3 * count * (count - 1) + 2 * count + 64
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= needed:
@@ -147,7 +185,15 @@ def raise_fd_limit(count: int) -> None:
 
 class Supervisor:
     """Starts ``count`` local workers running ``argv`` and coordinates them; ``run()``
-    returns the exit code and each worker's summary."""
+    returns the exit code and each worker's summary.
+
+    ``tcp_sources`` maps each TCP source's name to its (host, port); ``announce(members)``
+    prints the startup line once every worker is ready; ``external`` is the external control
+    port's (host, port), if any.
+
+    Example: ``code, summaries = await Supervisor(argv, 4, key_groups, {}, announce).run()``
+    (as wallaroo.cluster.launch.supervise does).
+    """
 
     def __init__(self, argv: list[str], count: int, key_groups: int, tcp_sources: dict,
                  announce, external: tuple[str, int] | None = None, secret: str | None = None,
@@ -163,6 +209,10 @@ class Supervisor:
         self.processes: list[asyncio.subprocess.Process] = []
 
     async def run(self) -> tuple[int, list]:
+        """Make the rings and control connections, start the workers, coordinate them until
+        the run ends (SIGTERM or SIGINT stops it cleanly), and wait for them to exit. The exit
+        code (the highest of the workers', at least 1 if the run failed) and each worker's
+        summary (None for one that went away); SupervisorError if they cannot start."""
         loop = asyncio.get_running_loop()
         raise_fd_limit(self.count)
         control = ClusterControl()
@@ -261,7 +311,11 @@ def _fds(triple) -> list[int]:
 
 async def connect_rings(member, bootstrap: LocalBootstrap) -> None:
     """Attach a local worker to its rings: a RingLink to each other worker, and a RingIntake
-    taking what each sends it."""
+    taking what each sends it.
+
+    Example: ``result = await member.run(lambda m: connect_rings(m, bootstrap))`` (as
+    wallaroo.cluster.launch.run_local_member does).
+    """
     worker = member.worker
     for peer, (ring_fd, data_fd, space_fd) in bootstrap.rings_out.items():
         writer = RingWriter(Ring.attach(ring_fd), data_fd, space_fd)
@@ -275,6 +329,19 @@ async def connect_rings(member, bootstrap: LocalBootstrap) -> None:
 
 
 async def control_connection(fd: int) -> tuple:
-    """The (reader, writer) of the control connection a supervisor passed as ``fd``."""
+    """The (reader, writer) of the control connection a supervisor passed as ``fd``.
+
+    Example::
+
+        >>> async def over_a_socket_pair():
+        ...     supervisor_end, worker_end = socket.socketpair()
+        ...     reader, writer = await control_connection(worker_end.detach())
+        ...     supervisor_end.sendall(b"hello\\n")
+        ...     line = await reader.readline()
+        ...     writer.close(); supervisor_end.close()
+        ...     return line
+        >>> asyncio.run(over_a_socket_pair())
+        b'hello\\n'
+    """
     sock = socket.socket(fileno=fd)
     return await asyncio.open_connection(sock=sock)

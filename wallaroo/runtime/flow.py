@@ -88,19 +88,34 @@ class FlowControl:
 
 
 class JoinedGates:
-    """Several gates moved as one (see ``FlowControl.joined``)."""
+    """Several gates moved as one (see ``FlowControl.joined``). A sink holds one: when it
+    cannot keep up it closes both its worker's source gate and intake gate, so it holds back
+    that worker's own sources and what the other workers send it alike.
+
+    Example::
+
+        >>> sources, intake = FlowControl(), FlowControl()
+        >>> both = JoinedGates([sources, intake])
+        >>> intake.block("another sink"); both.paused
+        True
+        >>> both.block("sink"); both.unblock("sink"); sources.paused, intake.paused
+        (False, True)
+    """
 
     def __init__(self, gates):
         self.gates = gates
 
     @property
     def paused(self) -> bool:
+        """True while any of the gates is closed, by whoever holds it."""
         return any(gate.paused for gate in self.gates)
 
     def block(self, who) -> None:
+        """Close every gate on behalf of ``who``."""
         for gate in self.gates:
             gate.block(who)
 
     def unblock(self, who) -> None:
+        """Release ``who``'s hold on every gate; each opens when nobody else holds it."""
         for gate in self.gates:
             gate.unblock(who)

@@ -45,7 +45,17 @@ def peak_rss_bytes() -> int:
 def result_summary(result, worker=None) -> dict:
     """One worker's run as JSON-ready data: messages in, exit code, errors, late drops, what
     reached each sink, peak RSS, what could not be delivered, the worker's name, and
-    ``processing_s``: the seconds from opening its sources to now (startup left out)."""
+    ``processing_s``: the seconds from opening its sources to now (startup left out).
+
+    Without ``worker`` (the Worker that ran), ``processing_s`` and ``worker`` are None.
+
+    Example::
+
+        >>> from wallaroo.runtime.worker import RunResult
+        >>> summary = result_summary(RunResult(ingested=3, late={"hourly": 1}))
+        >>> summary["ingested"], summary["exit_code"], summary["late"], summary["worker"]
+        (3, 0, {'hourly': 1}, None)
+    """
     opened = getattr(worker, "sources_opened_at", None)
     return {"ingested": result.ingested, "exit_code": result.exit_code,
             "processing_s": time.monotonic() - opened if opened is not None else None,
@@ -59,7 +69,22 @@ def result_summary(result, worker=None) -> dict:
 
 def merge_summaries(summaries: list[dict]) -> dict:
     """The summaries of several workers as one: counts added, sinks merged by name
-    (histograms merged), the highest exit code and peak RSS; ``workers`` keeps each one."""
+    (histograms merged), the highest exit code and peak RSS; ``workers`` keeps each one.
+
+    Example::
+
+        >>> from wallaroo._core.histogram import Histogram
+        >>> from wallaroo.runtime.worker import RunResult
+        >>> latency = Histogram(); latency.record(1000)
+        >>> sink = {"name": "out", "messages": 2, "latency_ns": latency.to_dict()}
+        >>> one = result_summary(RunResult(ingested=2, sinks=[sink], late={"w": 1}))
+        >>> two = result_summary(RunResult(ingested=3, sinks=[sink], undelivered=["out"]))
+        >>> merged = merge_summaries([one, two])
+        >>> merged["ingested"], merged["exit_code"], merged["late"], merged["undelivered"]
+        (5, 1, {'w': 1}, ['out'])
+        >>> [(s["name"], s["messages"]) for s in merged["sinks"]], len(merged["workers"])
+        ([('out', 4)], 2)
+    """
     merged: dict = {"ingested": 0, "exit_code": 0, "peak_rss_bytes": 0, "processing_s": None,
                     "errors": {},
                     "late": {}, "sinks": [], "undelivered": [], "workers": summaries}
@@ -115,7 +140,20 @@ def write_stats(path: str, app_name: str, summary: dict, elapsed_s: float) -> No
 
 def report_end(result, error_summary: list[str]) -> None:
     """Print what a user must know once a worker's run is over: error counts, late drops, why
-    it stopped, what was not delivered."""
+    it stopped, what was not delivered.
+
+    Counts go to the log as warnings, the rest to standard error.
+
+    Example::
+
+        >>> import contextlib, sys
+        >>> from wallaroo.runtime.worker import RunResult
+        >>> result = RunResult(failure=RunStopped("worker w1 went away"), undelivered=["out"])
+        >>> with contextlib.redirect_stderr(sys.stdout):
+        ...     report_end(result, [])
+        wallaroo-run: stopped: worker w1 went away
+        wallaroo-run: output was not fully delivered to: out
+    """
     for line in error_summary:
         log.warning("%s", line)
     for window, late in result.late.items():
