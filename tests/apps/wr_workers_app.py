@@ -269,3 +269,20 @@ def stdout_lines_app(args):
                 .to(same_line)
                 .to_sink(wallaroo.StdoutSinkConfig(line_out)))
     return wallaroo.build_application("Stdout Lines", pipeline)
+
+
+@wallaroo.computation(name="refuse boom")
+def refuse_boom(word):
+    if word == "boom":
+        raise ValueError("boom is not a word")
+    return word
+
+
+def failing_app(args):
+    """Words of a text file, keyed, through a stage that raises on the word "boom"."""
+    pipeline = (wallaroo.source("lines", wallaroo.FileSourceConfig("lines", _opt(args, "--input")))
+                .to(split)
+                .key_by(word_key)
+                .to(refuse_boom)
+                .to_sink(wallaroo.FileSinkConfig(_opt(args, "--output"), line_out)))
+    return wallaroo.build_application("Failing", pipeline)

@@ -658,3 +658,18 @@ def test_two_runs_cannot_share_a_fixed_source_port(harness, tmp_path):
     assert second.wait(RUN_TIMEOUT) == 2, second.describe()
     assert f"cannot listen on {HOST}:{port}" in second.stderr, second.describe()
     assert first.poll() is None
+
+
+def test_a_failing_stage_on_one_worker_stops_them_all(harness, tmp_path):
+    """--on-error fail: the worker whose stage raised stops with the stage, the input and its
+    traceback; the coordinator stops the other; the run exits 1 and no worker is left."""
+    lines = [f"w{i} x{i % 7}" for i in range(3000)]
+    lines[1500] = "boom"
+    source = write_lines(tmp_path / "in.txt", lines)
+    proc = harness.start("wallaroo-run", [WALLAROO_RUN, "--app", "wr_workers_app:failing_app",
+                                          "--workers", "2", "--input", str(source), "--output",
+                                          str(tmp_path / "out.txt")], cwd=tmp_path, env=app_env())
+    assert proc.wait(RUN_TIMEOUT) == 1, proc.describe()
+    assert "boom is not a word" in proc.stderr, proc.describe()
+    assert re.search(r"worker worker-\d failed: StageFailed", proc.stderr), proc.describe()
+    assert "refuse boom" in proc.stderr, proc.describe()

@@ -109,6 +109,7 @@ class Member:
         self.worker = Worker(app, options, source_configs, sink_configs, placement,
                              exchange=self._exchange)
         self.worker.on_input_done = lambda: self.tell({"type": "input_done"})
+        self.worker.on_failed = self._failed
         self.stopped_by: str | None = None
         self._finish = asyncio.Event()
 
@@ -205,13 +206,14 @@ class Member:
         return message
 
     async def _watch_worker(self) -> None:
-        """Tell the coordinator when this worker was asked to stop, or failed."""
+        """Tell the coordinator when this worker was asked to stop (a failure is told as it
+        happens, even during a stop: see ``_failed``)."""
         await self.worker.wait_stopped()
-        if self.worker.failure is not None:
-            self.tell({"type": "failed", "error": f"{type(self.worker.failure).__name__}: "
-                                                  f"{self.worker.failure}"})
-        else:
+        if self.worker.failure is None:
             self.tell({"type": "stop_requested"})
+
+    def _failed(self, failure: BaseException) -> None:
+        self.tell({"type": "failed", "error": f"{type(failure).__name__}: {failure}"})
 
     async def _serve_control(self) -> None:
         worker = self.worker

@@ -268,6 +268,9 @@ class Worker:
         #: Called, when set, once every source of this worker is done (instead of ending
         #: the run: with several workers the cluster decides when the run ends).
         self.on_input_done = None
+        #: Called, when set, with the failure once a stage fails or the engine breaks (with
+        #: several workers, the others must stop too, even during a stop).
+        self.on_failed = None
         self.sources_opened_at: float | None = None
         self.stopping = False
         self.failure: BaseException | None = None
@@ -561,15 +564,21 @@ class Worker:
         return all(ctx.done for ctx in self.source_contexts)
 
     def _on_failure(self, failure: StageFailed) -> None:
+        first = self.failure is None
         self.failure = failure
         self.request_stop()
+        if first and self.on_failed is not None:
+            self.on_failed(failure)
 
     def crash(self, exc: BaseException) -> None:
         """An unexpected error inside the engine or a connector: stop and report it."""
-        if self.failure is None:
+        first = self.failure is None
+        if first:
             self.failure = exc
             log.error("internal error, stopping: %s: %s", type(exc).__name__, exc, exc_info=exc)
         self.request_stop()
+        if first and self.on_failed is not None:
+            self.on_failed(exc)
 
     def describe(self) -> str:
         """The startup line's body: each source with its address and each sink."""
