@@ -386,3 +386,31 @@ class TestWatermarkCorners:
             wallaroo.StdoutSinkConfig(wallaroo.encoder(str)))
         with pytest.raises(WallarooParameterError, match="idle timeout"):
             Worker(wallaroo.build_application("a", p), RunOptions(idle_timeout=1e10))
+
+
+class SumOfThird(Total):
+    """Total over the third field of each message."""
+
+    def update(self, data, acc):
+        acc[0] += data[2]
+
+
+class TestOneWorkerMarksEachMessage:
+    """On one worker a window's input moves its watermark message by message, whatever stage
+    stands between key_by and the window (several workers change that only for inputs whose
+    messages cross two exchanges)."""
+
+    @pytest.mark.parametrize("between", [False, True])
+    def test_a_message_late_within_its_batch_is_late(self, between):
+        p = (wallaroo.source("in", wallaroo.IterSourceConfig("in", []), event_time=lambda m: m[1])
+             .key_by(lambda m: m[0]))
+        if between:
+            p = p.to(wallaroo.computation(name="value")(lambda m: m[2]))
+        else:   # the window sums the values: the same work, in one stage less
+            p = p.to(wallaroo.range_windows(10).over(SumOfThird))
+        if between:
+            p = p.to(wallaroo.range_windows(10).over(Total))
+        p = p.to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str)))
+        app = wallaroo.build_application("late", p)
+        out = wallaroo.testing.run(app, {"in": [("k", 100, 1), ("k", 1, 1)]})[0]
+        assert out == [("k", 1)]   # the second message came after the watermark passed 100

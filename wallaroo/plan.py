@@ -159,7 +159,8 @@ class PhysicalPlan:
             >>> import wallaroo
             >>> count = wallaroo.state_computation(name="count", state=list)(lambda v, s: v)
             >>> p = (wallaroo.source("n", wallaroo.IterSourceConfig("n", []))
-            ...      .key_by(str).to(count).to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str))))
+            ...      .key_by(str).to(count)
+            ...      .to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str))))
             >>> plan = PhysicalPlan(wallaroo.build_application("c", p).graph)
             >>> src, state = plan.graph.sources[0], plan.chains[1].nodes[0]
             >>> plan.routed_between(src, state, True), plan.routed_between(src, state, False)
@@ -176,6 +177,36 @@ class PhysicalPlan:
                     return True
             return False
         return crossed(node, including_node)
+
+    def routed_twice(self, upstream: g.Node, node: g.Node) -> bool:
+        """Whether some path from ``upstream`` to ``node`` passes two exchanges (counting the
+        one into ``node``): then the messages of one worker's instance of ``upstream`` reach
+        ``node`` through every worker, in no order.
+
+        Example::
+
+            >>> import wallaroo
+            >>> count = wallaroo.state_computation(name="count", state=list)(lambda v, s: v)
+            >>> p = (wallaroo.source("n", wallaroo.IterSourceConfig("n", []))
+            ...      .key_by(str).to(count).key_by(str).to(count)
+            ...      .to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str))))
+            >>> plan = PhysicalPlan(wallaroo.build_application("c", p).graph)
+            >>> src = plan.graph.sources[0]
+            >>> first, second = plan.chains[1].nodes[0], plan.chains[2].nodes[0]
+            >>> plan.routed_twice(src, first), plan.routed_twice(src, second)
+            (False, True)
+        """
+        def routed_into(current: g.Node) -> bool:   # an exchange into current, after another
+            return current in self._exchange_at and self.routed_between(upstream, current, False)
+
+        def any_on_paths(current: g.Node) -> bool:
+            if current is upstream:
+                return False
+            if routed_into(current) and self._reaches(upstream, current):
+                return True
+            return any(any_on_paths(parent) for parent in current.inputs
+                       if self._reaches(upstream, parent))
+        return any_on_paths(node)
 
     def _reaches(self, upstream: g.Node, node: g.Node) -> bool:
         """Whether ``upstream`` is ``node`` or one of its ancestors."""

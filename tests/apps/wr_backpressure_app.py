@@ -19,8 +19,8 @@ def encode(text):
 
 
 def application_setup(args):
-    (name, host, port), = wallaroo.tcp_parse_input_addrs(args)
     out_host, out_port = wallaroo.tcp_parse_output_addrs(args)[0]
+    (name, host, port), = wallaroo.tcp_parse_input_addrs(args)
     pipeline = (wallaroo.source("in", wallaroo.TCPSourceConfig(name, host, port, decode))
                 .key_by(lambda text: text[:6])
                 .to(upper)

@@ -14,7 +14,7 @@ import threading
 import time
 
 from support.net import HOST
-from support.processes import proc_status_kb
+from support.processes import WALLAROO_RUN, app_env, proc_status_kb
 
 MESSAGE = 1000                    # bytes of text per message
 TOTAL = 240_000                   # messages: 240 MB, far beyond the memory bound below
@@ -177,3 +177,43 @@ def _zombie(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_a_second_signal_ends_a_tcp_cluster_without_waiting(processes, tmp_path):
+    """A TCP cluster of two whose sink never reads, stopped with SIGTERM twice on the
+    initializer: the second request ends the run at once (not after --flush-timeout)."""
+    receiver = SlowReceiver()
+    try:
+        ports = [_free_port() for _ in range(2)]
+        common = ["--app", "wr_backpressure_app", "--flush-timeout", "60",
+                  "--out", receiver.address, "--control", f"{HOST}:{ports[0]}",
+                  "--resilience-dir", str(tmp_path / "run")]
+        init = processes([WALLAROO_RUN, *common, "--cluster-initializer", "--worker-count", "2",
+                          "--data", f"{HOST}:{ports[1]}", "--in", f"in@{HOST}:0"],
+                         name="initializer", cwd=tmp_path, env=app_env(), timeout=20)
+        other = processes([WALLAROO_RUN, *common, "--name", "w1", "--in", f"in@{HOST}:0"],
+                          name="w1", cwd=tmp_path, env=app_env(), timeout=20)
+        _, in_ports = init.startup()
+        other.startup()
+        sender = Sender(in_ports["in"], connections=2)
+        sender.start()
+        deadline = time.monotonic() + 60
+        while not sender.stalled():
+            assert time.monotonic() < deadline, "the sender never blocked"
+            time.sleep(0.1)
+        init.signal(15)
+        init.wait_stderr(r"stopping: every worker stops its input")
+        stopped_at = time.monotonic()
+        init.signal(15)
+        assert init.wait(20) == 1, init.describe()
+        assert other.wait(20) == 1, other.describe()
+        assert time.monotonic() - stopped_at < 15, "the second request did not end the run"
+        assert "second stop request" in init.stderr, init.describe()
+    finally:
+        receiver.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]

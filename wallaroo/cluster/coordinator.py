@@ -39,6 +39,8 @@ PROBE_INTERVAL = 0.02
 ANSWER_TIMEOUT = 10.0
 #: Seconds to wait, when a link between two workers breaks, for one of them to be found gone.
 LINK_LOSS_GRACE = 2.0
+#: Seconds beyond --flush-timeout a worker may take to report once told to finish.
+FINISH_GRACE = 10.0
 
 
 @dataclass(eq=False)
@@ -104,7 +106,7 @@ class Coordinator:
         #: After a stop, how long messages may still be on their way before the run ends
         #: without them (``--flush-timeout``).
         self.flush_timeout = flush_timeout
-        self._stop_deadline = 0.0
+        self._stall_deadline = 0.0
         self.key_groups = key_groups
         self.describe_loss = describe_loss or _connection_closed
         self.on_ready = on_ready
@@ -213,7 +215,7 @@ class Coordinator:
         return True
 
     async def _serve(self) -> None:
-        previous = None
+        previous = last_moving = None
         loop = asyncio.get_running_loop()
         while True:
             probing = self.stopping or all(m.input_done for m in self.members)
@@ -221,15 +223,17 @@ class Coordinator:
                 kind, member, message = await asyncio.wait_for(
                     self._events.get(), PROBE_INTERVAL if probing else None)
             except asyncio.TimeoutError:
-                totals = await self._probe()
+                totals, moving = await self._probe()
                 if totals is not None and totals == previous:
                     self._finish()
                     return
                 previous = totals
-                if self.stopping and loop.time() > self._stop_deadline:
-                    self._finish(f"messages were still on their way between workers "
-                                 f"{self.flush_timeout:g} s after the stop (a sink that does "
-                                 f"not read?); they are not delivered")
+                if moving != last_moving:   # records still flow: wait on
+                    last_moving, self._stall_deadline = moving, loop.time() + self.flush_timeout
+                elif loop.time() > self._stall_deadline:
+                    self._finish(f"messages have been stuck on their way between workers for "
+                                 f"{self.flush_timeout:g} s (--flush-timeout) after the input "
+                                 f"ended (a sink that does not read?); they are not delivered")
                     return
                 continue
             if kind == "input_done":
@@ -242,7 +246,6 @@ class Coordinator:
                 if not self.stopping:
                     log.info("stopping: every worker stops its input and flushes its sinks")
                     self.stopping = True
-                    self._stop_deadline = loop.time() + self.flush_timeout
                     self._broadcast({"type": "stop"})
             elif kind in ("lost", "failed"):
                 await self._member_failed(member, message)
@@ -262,7 +265,7 @@ class Coordinator:
             self.failure = failure
             self._broadcast({"type": "abandon"})
         self.finishing = True
-        self._broadcast({"type": "finish"})
+        self._broadcast({"type": "finish", "why": failure})
 
     def _repeated_stop(self, member) -> bool:
         """Count a stop request from ``member`` (None: the coordinator's own signal or the
@@ -270,15 +273,15 @@ class Coordinator:
         self._stop_requests[member] = self._stop_requests.get(member, 0) + 1
         return self._stop_requests[member] > 1
 
-    async def _probe(self) -> tuple | None:
-        """(sent, taken) over the cluster when every worker's input is done and the two are
-        equal; None otherwise."""
+    async def _probe(self) -> tuple:
+        """((sent, taken) over the cluster when every worker's input is done and the two are
+        equal, else None; and the records taken so far, to tell whether anything moves)."""
         replies = await self._ask_all({"type": "probe"})
+        taken = sum(r["received"] for r in replies if r is not None)
         if any(r is None or not r.get("input_done") for r in replies):
-            return None
+            return None, taken
         sent = sum(r["sent"] for r in replies)
-        taken = sum(r["received"] for r in replies)
-        return (sent, taken) if sent == taken else None
+        return ((sent, taken) if sent == taken else None), taken
 
     async def _ask_all(self, message: dict) -> list[dict | None]:
         loop = asyncio.get_running_loop()
@@ -325,8 +328,19 @@ class Coordinator:
         self._broadcast({"type": "abort", "why": why})
 
     async def _wait_done(self) -> None:
+        """Wait for every worker's summary: each flushes its sinks for up to --flush-timeout;
+        one that takes much longer is given up on (the run fails)."""
+        deadline = asyncio.get_running_loop().time() + self.flush_timeout + FINISH_GRACE
         while not all(m.done is not None or m.lost for m in self.members):
-            kind, member, message = await self._events.get()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                kind, member, message = await asyncio.wait_for(self._events.get(), max(left, 0))
+            except asyncio.TimeoutError:
+                late = [m.name for m in self.members if m.done is None and not m.lost]
+                self.failure = self.failure or f"worker(s) {', '.join(late)} did not finish"
+                log.error("%s within %g s of the end", self.failure,
+                          self.flush_timeout + FINISH_GRACE)
+                return
             if kind in ("lost", "failed") and self.failure is None:
                 # while finishing too: a worker that dies before it has flushed loses output
                 await self._member_failed(member, message)

@@ -476,6 +476,11 @@ def link_over_tcp(data: DataPort, topology: dict, spec: ClusterSpec):
                            functools.partial(member.deliver, sender=index), info["name"])
             link.on_lost = member.link_lost
             member.links[index] = adopt(reader, writer, link)
+        for index, (_, writer) in list(data.arrived.items()):   # claims of no worker to link
+            log.warning("refused a data connection from %s: it claims worker %r, which is not "
+                        "a worker before this one", peer_name(writer), index)
+            writer.close()
+            data.arrived.pop(index)
         log.info("ready: linked to %d other worker(s) over TCP", len(workers) - 1)
     return connect
 

@@ -105,8 +105,9 @@ async def supervise(argv: list[str], app, options: RunOptions, source_configs: d
         print(f"wallaroo-run: {exc}", file=sys.stderr)
         return 2
     if stats_file:
-        write_stats(stats_file, app.name, merge_summaries([s for s in summaries if s]),
-                    time.monotonic() - started)
+        summary = merge_summaries([s for s in summaries if s])
+        summary["exit_code"] = max(summary["exit_code"], code)   # a lost worker fails the run
+        write_stats(stats_file, app.name, summary, time.monotonic() - started)
     return code
 
 
@@ -198,17 +199,17 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
         return 2 if isinstance(exc, StartupError) else 1
     summaries = await coordinating if coordinating is not None else None
     await _close(initializer, external, data, None)
+    failed = control.coordinator is not None and control.coordinator.failure is not None
+    code = max(result.exit_code, 1 if failed else 0)   # the coordinator saw a worker fail
     if stats_file:
         summary = (merge_summaries([s for s in summaries if s]) if summaries
                    else result_summary(result, member.worker))
+        summary["exit_code"] = max(summary["exit_code"], code)
         write_stats(stats_file, app.name, summary, time.monotonic() - started)
     report_end(result, member.worker.errors.summary())
-    if result.exit_code == 0:
+    if code == 0:
         run_file.remove()
-    if coordinating is not None and initializer is not None and control.coordinator is not None \
-            and control.coordinator.failure is not None:
-        return max(result.exit_code, 1)
-    return result.exit_code
+    return code
 
 
 async def _close(initializer, external, data, coordinating) -> None:

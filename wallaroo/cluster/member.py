@@ -110,6 +110,7 @@ class Member:
                              exchange=self._exchange)
         self.worker.on_input_done = lambda: self.tell({"type": "input_done"})
         self.worker.on_failed = self._failed
+        self.worker.on_stop_requested = lambda: self.tell({"type": "stop_requested"})
         self.stopped_by: str | None = None
         self._finish = asyncio.Event()
 
@@ -177,10 +178,8 @@ class Member:
             raise
         if on_started is not None:
             on_started(worker)
-        watcher = asyncio.get_running_loop().create_task(self._watch_worker())
         control = asyncio.get_running_loop().create_task(self._serve_control())
         await self._finish.wait()
-        watcher.cancel()
         for link in self.links:
             if link is not None:
                 link.close()
@@ -205,14 +204,8 @@ class Member:
             raise ClusterStopped("the coordinator closed the control connection")
         return message
 
-    async def _watch_worker(self) -> None:
-        """Tell the coordinator when this worker was asked to stop (a failure is told as it
-        happens, even during a stop: see ``_failed``)."""
-        await self.worker.wait_stopped()
-        if self.worker.failure is None:
-            self.tell({"type": "stop_requested"})
-
     def _failed(self, failure: BaseException) -> None:
+        """Tell the coordinator a stage failed here (even during a stop): it stops them all."""
         self.tell({"type": "failed", "error": f"{type(failure).__name__}: {failure}"})
 
     async def _serve_control(self) -> None:
@@ -244,7 +237,9 @@ class Member:
                     self.stopped_by = None
                 await worker.stop_input(fire_windows=False)
                 self._finish.set()
-            elif kind == "finish":
+            elif kind == "finish":   # with "why", the run ended without all of its messages
+                if message.get("why") and worker.failure is None:
+                    self.stopped_by = message["why"]
                 self._finish.set()
             elif kind == "abandon":  # a second stop request: do not wait for sinks
                 worker.abandon_flush("the cluster is stopping without waiting")

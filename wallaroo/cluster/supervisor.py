@@ -133,7 +133,11 @@ def reserve_ports(tcp_sources: dict) -> tuple[dict, list]:
         try:
             if port == 0:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            else:   # free of listeners, though maybe in TIME_WAIT from an earlier run
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
+            if port != 0:
+                sock.listen(1)
         except OSError as exc:
             sock.close()
             for other in held:

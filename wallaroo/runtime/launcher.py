@@ -42,7 +42,7 @@ from wallaroo.runtime.worker import MAX_IDLE_TIMEOUT, RunOptions, StartupError, 
 log = logging.getLogger("wallaroo")
 
 #: The most local workers ``--workers`` starts.
-MAX_LOCAL_WORKERS = 64
+MAX_LOCAL_WORKERS = 32
 #: The cyclic garbage collector's thresholds in a wallaroo-run process. Python's default
 #: (700 new containers) makes a stream of batches trigger a collection every few batches,
 #: each walking every young list and tuple; one collection per 100,000 new containers

@@ -271,6 +271,10 @@ class Worker:
         #: Called, when set, with the failure once a stage fails or the engine breaks (with
         #: several workers, the others must stop too, even during a stop).
         self.on_failed = None
+        #: Called, when set, for each stop request (a signal) instead of stopping here: with
+        #: several workers the coordinator stops them all, and a second request ends the run
+        #: without waiting.
+        self.on_stop_requested = None
         self.sources_opened_at: float | None = None
         self.stopping = False
         self.failure: BaseException | None = None
@@ -377,11 +381,12 @@ class Worker:
                      for i in self.plan.watermark_inputs(node)}
         inputs = [origin for i in instances for origin in instances[i]]
         # A message moves its input's watermark only when it comes the one way its input's
-        # messages come: not from a window (its outputs trail its watermark), nor from an
-        # input an earlier exchange spread over the workers, whose messages come through
-        # every worker in no order (its batches' aligned watermarks move it).
-        unmarked = [origin for i in instances if nodes[i].kind == g.WINDOW
-                    or self.plan.routed_between(nodes[i], node, False) for origin in instances[i]]
+        # messages come: not from a window (its outputs trail its watermark), nor, with
+        # several workers, from an input whose messages cross two exchanges on the way: they
+        # come through every worker in no order (its batches' aligned watermarks move it).
+        unmarked = [origin for i in instances if nodes[i].kind == g.WINDOW or (
+                        not self.placement.alone and self.plan.routed_twice(nodes[i], node))
+                    for origin in instances[i]]
         common = (node.name, spec.aggregation, spec.output_takes_window, self.errors, inputs,
                   int(self.options.idle_timeout * 1e9))
         if spec.kind == "range":
@@ -529,7 +534,12 @@ class Worker:
 
     def signal_stop(self) -> None:
         """What SIGTERM and SIGINT do: the first stops cleanly, a second one stops waiting for
-        sinks to drain (what they still hold is reported as undelivered)."""
+        sinks to drain (what they still hold is reported as undelivered). With several
+        workers, ``on_stop_requested`` (when set) passes each request on to the cluster."""
+        if self.on_stop_requested is not None:
+            self.stopping = True
+            self.on_stop_requested()
+            return
         if self.stopping and self._stopped is not None and self._stopped.is_set():
             self.abandon_flush()
             return
