@@ -34,7 +34,7 @@ from wallaroo.runtime.placement import Placement
 log = logging.getLogger("wallaroo")
 
 #: Seconds between probes once every worker's input is done.
-PROBE_INTERVAL = 0.02
+PROBE_INTERVAL = 0.005
 #: Seconds a worker has to answer a probe or a query.
 ANSWER_TIMEOUT = 10.0
 #: Seconds to wait, when a link between two workers breaks, for one of them to be found gone.
