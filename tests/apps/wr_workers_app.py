@@ -22,6 +22,7 @@ import time
 
 import wallaroo
 from wallaroo._core.hashing import key_group
+from wr_windowed_app import Sum
 
 
 def _opt(args, name):
@@ -146,18 +147,8 @@ def framed_file_app(args):
 
 # -- event-time windows over a file ------------------------------------------------------------
 
-class SumCount(wallaroo.Aggregation):
-    """[sum, count] of one key's values in one window."""
-
-    def initial_accumulator(self):
-        return [0, 0]
-
-    def update(self, event, acc):
-        acc[0] += event[2]
-        acc[1] += 1
-
-    def combine(self, acc1, acc2):
-        return [acc1[0] + acc2[0], acc1[1] + acc2[1]]
+class SumCount(Sum):
+    """[sum, count] of one key's values in one window, with the window in nanoseconds."""
 
     def output(self, key, acc, window):
         return f"{key},{window[0]},{window[1]},{acc[0]},{acc[1]}"

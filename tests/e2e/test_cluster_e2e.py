@@ -30,6 +30,7 @@ import pytest
 
 from support.net import HOST, frame
 from support.processes import STARTUP_RE, WALLAROO, WALLAROO_RUN, Proc, app_env
+from wallaroo.cluster.auth import SECRET_ENV
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -37,7 +38,6 @@ APP = "wr_cluster_app"
 APP_NAME = "Cluster Word Count"
 NAMES = ("initializer", "w1", "w2")
 SECRET = "s3cret"
-SECRET_ENV = "WALLAROO_CLUSTER_SECRET"
 
 FORM_TIMEOUT = 15.0   # seconds for the cluster to form and every worker to start
 RUN_TIMEOUT = 20.0    # seconds for a run (or a shutdown) to end

@@ -30,6 +30,7 @@ from random import Random
 import pytest
 
 from support.processes import STARTUP_RE, SOURCE_RE, WALLAROO, WALLAROO_RUN, Proc, app_env
+from wallaroo.cluster.auth import SECRET_ENV
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -37,7 +38,6 @@ APP = "wr_cluster_app"
 APP_NAME = "Cluster Word Count"
 NAMES = ("initializer", "w1", "w2")
 SECRET = "netns-s3cret"
-SECRET_ENV = "WALLAROO_CLUSTER_SECRET"
 CONTROL_PORT, DATA_PORT, EXTERNAL_PORT = 7000, 7001, 7002   # each namespace has its own ports
 TIMEOUT = 20.0
 LINE_RE = re.compile(r"^(?P<word>\S+) => (?P<count>\d+)$")

@@ -220,8 +220,14 @@ class ExternalServer:
         self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Start listening; raises ``OSError`` if the address cannot be bound."""
-        self._server = await asyncio.start_server(self._on_connect, self.host, self.port)
+        """Start listening; raises ``OSError`` if the address cannot be bound, its message
+        naming ``--external`` and the address."""
+        try:
+            self._server = await asyncio.start_server(self._on_connect, self.host, self.port)
+        except OSError as exc:
+            raise OSError(exc.errno, f"--external {self.host}:{self.port}: cannot listen: "
+                                     f"{exc.strerror or exc}") from None
+        log.info("external control port on %s:%d", *self.address)
 
     @property
     def address(self) -> tuple[str, int]:

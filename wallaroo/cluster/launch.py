@@ -150,9 +150,7 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
             try:
                 await external.start()
             except OSError as exc:
-                raise FormationError(f"--external {spec.external[0]}:{spec.external[1]}: "
-                                     f"cannot listen: {exc.strerror or exc}") from None
-            log.info("external control port on %s:%d", *external.address)
+                raise FormationError(exc.strerror) from None
         host, port = spec.data or (default_data_host(spec.control), 0)
         if spec.data is None and spec.secret is None and not is_loopback(host):
             raise FormationError(

@@ -226,9 +226,7 @@ class Supervisor:
             try:
                 await external.start()
             except OSError as exc:
-                raise SupervisorError(f"--external {self.external[0]}:{self.external[1]}: "
-                                      f"cannot listen: {exc.strerror or exc}") from None
-            log.info("external control port on %s:%d", *external.address)
+                raise SupervisorError(exc.strerror) from None
         ports, held = reserve_ports(self.tcp_sources)
         rings = {}   # (i, j) -> (ring, data_fd, space_fd): what worker i sends worker j
         size = ring_bytes(self.count)
