@@ -118,6 +118,25 @@ class PhysicalPlan:
                 owned[node] = on_owner or needs_owner
                 pending[node] = False
 
+    def exchange_depth(self) -> int:
+        """The most exchanges a message crosses on its way through the plan (checkpoint
+        barriers are aligned in that many rounds).
+
+        Example::
+
+            >>> import wallaroo
+            >>> count = wallaroo.state_computation(name="count", state=list)(lambda w, s: w)
+            >>> p = (wallaroo.source("s", wallaroo.IterSourceConfig("s", [])).key_by(str)
+            ...      .to(count).to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str))))
+            >>> PhysicalPlan(wallaroo.build_application("d", p).graph).exchange_depth()
+            1
+        """
+        depth: dict[g.Node, int] = {}
+        for node in self.graph.nodes:
+            before = max((depth[i] for i in node.inputs), default=0)
+            depth[node] = before + (1 if node in self._exchange_at else 0)
+        return max(depth.values(), default=0)
+
     def origin(self, node: g.Node) -> int:
         """The id batches from ``node`` (a source or window) carry: its place in the graph."""
         return self.graph.nodes.index(node)

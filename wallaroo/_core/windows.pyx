@@ -273,6 +273,32 @@ cdef class WindowOp(Op):
         of the same window, after pickling)."""
         raise NotImplementedError
 
+    def dump_states(self):
+        """Every key's open windows, ``{key: what take_state would return}``, left in place
+        (a checkpoint pickles them at once)."""
+        raise NotImplementedError
+
+    def load_states(self, states):
+        """Adopt the open windows of every key in ``states`` (as ``dump_states`` gave them).
+
+        Example::
+
+            >>> from wallaroo._core.chain import Batch
+            >>> class Count:
+            ...     def initial_accumulator(self): return [0]
+            ...     def update(self, v, acc): acc[0] += 1
+            ...     def combine(self, a, b): return [a[0] + b[0]]
+            ...     def output(self, key, acc): return acc[0]
+            >>> a = CountWindowOp("n", Count(), False, None, [0], 10**9, 3, 0)
+            >>> _ = a.process(Batch([1, 2], keys=["k", "k"], groups=[0, 0], origin=0))
+            >>> b = CountWindowOp("n", Count(), False, None, [0], 10**9, 3, 0)
+            >>> b.load_states(a.dump_states())
+            >>> b.process(Batch([3], keys=["k"], groups=[0], origin=0)).values
+            [3]
+        """
+        for key, state in states.items():
+            self.restore_state(key, state)
+
     # -- shared helpers -----------------------------------------------------------------------
 
     cdef int emit(self, object key, object group, object acc, int64_t start, int64_t end,
@@ -492,6 +518,12 @@ cdef class RangeWindowOp(WindowOp):
                 self.live_panes.remove(pane)
         return (group, panes)
 
+    def dump_states(self):
+        panes_of_key = self.panes_of_key
+        keys_of_pane = self.keys_of_pane
+        return {key: ((<dict>keys_of_pane[next(iter(panes))])[key], panes)
+                for key, panes in panes_of_key.items()}
+
     def restore_state(self, key, state):
         """Adopt the panes; those whose every window has already fired here (this op is ahead
         of the one they come from) are counted as late and dropped."""
@@ -613,6 +645,9 @@ cdef class SessionWindowOp(WindowOp):
             heapq.heappush(self.due, (end, self.sequence, key))
         return 0
 
+    def dump_states(self):
+        return dict(self.sessions_of_key)
+
     def take_state(self, key):
         """``[[first, last, accumulator, group], ...]`` for ``key``, or None."""
         self.scheduled.pop(key, None)  # its heap entry, if any, is now stale
@@ -703,6 +738,9 @@ cdef class CountWindowOp(WindowOp):
             del self.open_windows[key]
             self.emit_window(key, window)
         return 0
+
+    def dump_states(self):
+        return dict(self.open_windows)
 
     def take_state(self, key):
         """``[count, accumulator, first time, last time, started, group]`` for ``key``'s partly

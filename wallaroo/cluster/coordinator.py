@@ -28,6 +28,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 
+from wallaroo.cluster.rounds import CheckpointRounds, NoCheckpoint, choose_restore
 from wallaroo.cluster.wire import WireError, read_message, send_soon
 from wallaroo.runtime.placement import Placement
 
@@ -101,8 +102,14 @@ class Coordinator:
     """
 
     def __init__(self, members: list[MemberHandle], key_groups: int, describe_loss=None,
-                 on_ready=None, flush_timeout: float = 30.0):
+                 on_ready=None, flush_timeout: float = 30.0,
+                 checkpoint_interval: float | None = None):
         self.members = members
+        #: With resilience on, seconds between checkpoints (see wallaroo.cluster.rounds).
+        self.rounds = CheckpointRounds(self, checkpoint_interval) if checkpoint_interval else None
+        #: Why the cluster must go back to its last checkpoint (a worker was lost): the
+        #: workers are restarted, and restore it.
+        self.rollback: str | None = None
         #: After a stop, how long messages may still be on their way before the run ends
         #: without them (``--flush-timeout``).
         self.flush_timeout = flush_timeout
@@ -188,10 +195,21 @@ class Coordinator:
         until every one has opened its sources."""
         if not await self._all_say("ready"):
             return False
-        self._broadcast({"type": "start"})
+        start = {"type": "start"}
+        if self.rounds is not None:
+            try:
+                start["restore"], self.rounds.next_id = choose_restore(
+                    [(m.name, m.ready.get("checkpoints") or {}) for m in self.members])
+            except NoCheckpoint as exc:
+                log.error("%s", exc)
+                self._abort(str(exc))
+                return False
+        self._broadcast(start)
         if not await self._all_say("started"):
             return False
         self.started = True
+        if self.rounds is not None:
+            self.rounds.start()
         log.info("cluster ready: %d workers (%s)", len(self.members),
                  ", ".join(m.name for m in self.members))
         if self.on_ready is not None:
@@ -225,6 +243,8 @@ class Coordinator:
             except asyncio.TimeoutError:
                 totals, moving = await self._probe()
                 if totals is not None and totals == previous:
+                    if self.rounds is not None and not await self.rounds.final():
+                        continue   # the failure is among the events: handled below
                     self._finish()
                     return
                 previous = totals
@@ -256,16 +276,29 @@ class Coordinator:
             elif kind == "done":  # a worker ended by itself: it could not go on
                 await self._member_failed(member, {"error": "it ended on its own"})
                 return
+            elif kind == "checkpoint_failed":
+                why = f"checkpoint {message.get('id')} failed on worker {member.name}: " \
+                      f"{message.get('error')}"
+                if message.get("fatal"):
+                    log.error("%s; stopping the run", why)
+                    self._abort(why)
+                else:
+                    self._roll_back(why)
+                return
 
     def _finish(self, failure: str | None = None) -> None:
         """Tell every worker to flush its sinks and end; with ``failure``, the run ends
-        without what was still in flight, and that makes it fail."""
+        without what was still in flight, and that makes it fail. After a clean end with
+        resilience on, the workers remove their checkpoints (nothing is left to recover)."""
         if failure is not None:
             log.error("%s", failure)
             self.failure = failure
             self._broadcast({"type": "abandon"})
         self.finishing = True
-        self._broadcast({"type": "finish", "why": failure})
+        if self.rounds is not None:
+            self.rounds.stop()
+        self._broadcast({"type": "finish", "why": failure,
+                         "clear": failure is None and self.rounds is not None})
 
     def _repeated_stop(self, member) -> bool:
         """Count a stop request from ``member`` (None: the coordinator's own signal or the
@@ -319,13 +352,27 @@ class Coordinator:
             why = f"worker {member.name} failed: {message['error']}"
         else:
             why = f"worker {member.name} went away ({await self.describe_loss(member.index)})"
-        log.error("%s; stopping the other workers (this version does not recover a lost "
-                  "worker)", why)
+            if self.rounds is not None and self.started:
+                self._roll_back(why)
+                return
+        log.error("%s; stopping the other workers", why)
         self._abort(why)
 
     def _abort(self, why: str) -> None:
         self.failure = why
+        if self.rounds is not None:
+            self.rounds.stop()
         self._broadcast({"type": "abort", "why": why})
+
+    def _roll_back(self, why: str) -> None:
+        """Send every worker back to the last complete checkpoint: they stop at once, and
+        are restarted (by the supervisor, or the operator) to restore it."""
+        self.rollback = why
+        self.rounds.stop()
+        log.error("%s; every worker goes back to checkpoint %s", why,
+                  self.rounds.last_complete if self.rounds.last_complete is not None
+                  else "none (the start of input)")
+        self._broadcast({"type": "rollback", "why": why})
 
     async def _wait_done(self) -> None:
         """Wait for every worker's summary: each flushes its sinks for up to --flush-timeout;
@@ -367,6 +414,9 @@ class Coordinator:
                     self._events.put_nowait(("lost", member, {}))
                 return
             kind = message.get("type")
+            if kind in ("checkpointed", "checkpoint_failed") and self.rounds is not None:
+                if self.rounds.answer(member, message):
+                    continue
             if kind in ("status", "reply"):
                 future = member.answers.get(message.get("id"))
                 if future is not None and not future.done():

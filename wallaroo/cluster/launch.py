@@ -98,7 +98,8 @@ async def supervise(argv: list[str], app, options: RunOptions, source_configs: d
 
     started = time.monotonic()
     supervisor = Supervisor(argv, count, options.key_groups, tcp_sources, announce,
-                            external, secret, options.flush_timeout)
+                            external, secret, options.flush_timeout,
+                            options.checkpoint_interval if options.resilient else None)
     try:
         code, summaries = await supervisor.run()
     except SupervisorError as exc:

@@ -24,12 +24,15 @@ import functools
 import logging
 import os
 
+from wallaroo.cluster.barriers import BarrierAlignment, decode_marker
 from wallaroo.cluster.exchange import Counters, Direct, Exchange, WatermarkAligner, decode_record
 from wallaroo.cluster.wire import WireError, read_message, send_soon
+from wallaroo.runtime.checkpoint_store import CheckpointStore, ResilienceDirError
+from wallaroo.runtime.checkpointing import Checkpointer
 from wallaroo.runtime.report import result_summary
 from wallaroo.errors import RunStopped
 from wallaroo.runtime.placement import Placement
-from wallaroo.runtime.worker import RunResult, Worker
+from wallaroo.runtime.worker import RunResult, StartupError, Worker
 
 log = logging.getLogger("wallaroo")
 
@@ -113,6 +116,21 @@ class Member:
         self.worker.on_stop_requested = lambda: self.tell({"type": "stop_requested"})
         self.stopped_by: str | None = None
         self._finish = asyncio.Event()
+        #: With resilience on: this worker's checkpoints, and the alignment of their barriers.
+        self.checkpointer = None
+        if options.resilient:
+            store = CheckpointStore(options.resilience_dir, app.name, placement.name)
+            self.checkpointer = Checkpointer(self.worker, store)
+        self.alignment = BarrierAlignment(placement.index, placement.count,
+                                          self.worker.plan.exchange_depth(), self._send_marker,
+                                          self._aligned)
+        #: Records that arrive before this worker has restored its checkpoint, and records
+        #: of after a barrier that wait for its snapshot: (record, sender), in order.
+        self._restored = self.checkpointer is None
+        self._waiting: list[tuple[bytes, int]] = []
+        #: Set when the coordinator rolls the cluster back: this worker must restart.
+        self.rolled_back = False
+        self._clear_checkpoints = False
 
     def _exchange(self, edge, target) -> Exchange:
         if getattr(target, "sees_watermarks", False):
@@ -138,15 +156,75 @@ class Member:
     def deliver(self, record, sender: int) -> None:
         """Run a record another worker sent through the chain its exchange leads to. Once the
         run is over for this worker (its sinks close), records still arriving are dropped:
-        after a clean end none can be in flight, and after an abort the run has failed."""
+        after a clean end none can be in flight, and after an abort the run has failed.
+        Barrier markers go to the alignment; records that must wait (before the restore,
+        after a barrier) wait in order."""
         if self._finish.is_set():
             return
+        marker = decode_marker(record)
+        if marker is not None:
+            self.alignment.on_marker(sender, *marker)
+        elif not self._restored or self.alignment.holds(sender):
+            self._waiting.append((record, sender))
+        else:
+            self._run_record(record, sender)
+
+    def _run_record(self, record, sender: int) -> None:
         try:
             exchange_id, batch = decode_record(record, self.deserialize)
             self._targets[exchange_id].push_from(sender, batch)
         except Exception as exc:  # user errors are handled in the ops: this is the engine's
             self.worker.crash(exc)
         self.counters.received += 1
+
+    def _run_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for record, sender in waiting:
+            self.deliver(record, sender)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _send_marker(self, peer: int, record: bytes) -> None:
+        self.links[peer].send(record)
+
+    def _begin_checkpoint(self, checkpoint_id: int) -> None:
+        self.checkpointer.begin(checkpoint_id)
+        self.alignment.begin(checkpoint_id)
+
+    def _aligned(self) -> None:
+        checkpoint_id = self.alignment.checkpoint_id
+        asyncio.get_running_loop().create_task(self._complete_checkpoint(checkpoint_id))
+
+    async def _complete_checkpoint(self, checkpoint_id: int) -> None:
+        """Snapshot, let input flow again, write the snapshot, and tell the coordinator."""
+        checkpointer = self.checkpointer
+        try:
+            payload, info = await checkpointer.take(checkpoint_id)
+        except Exception as exc:   # a sink voted against it, or could not be reached
+            payload, why = None, f"{type(exc).__name__}: {exc}"
+        checkpointer.release()
+        self.alignment.finish()
+        self._run_waiting()
+        if payload is None:
+            self.tell({"type": "checkpoint_failed", "id": checkpoint_id, "error": why})
+            return
+        try:
+            info["bytes"] = await checkpointer.write(checkpoint_id, payload)
+        except ResilienceDirError as exc:
+            self.tell({"type": "checkpoint_failed", "id": checkpoint_id, "error": str(exc),
+                       "fatal": True})
+            return
+        self.tell({"type": "checkpointed", "id": checkpoint_id, **info})
+
+    async def _restore(self, checkpoint_id: int | None) -> None:
+        """Load the checkpoint the coordinator chose (None: start afresh), then run what
+        other workers sent meanwhile."""
+        info = await self.checkpointer.restore(checkpoint_id)
+        if checkpoint_id is not None:
+            log.info("restored checkpoint %d: %d keys, %d bytes in %.0f ms", checkpoint_id,
+                     info["keys"], info["bytes"], info["seconds"] * 1000)
+        self._restored = True
+        self._run_waiting()
 
     def link_lost(self, peer: str) -> None:
         """The link to ``peer`` broke: records may be lost, so the coordinator must decide (it
@@ -163,13 +241,22 @@ class Member:
         ``connect_links(member)`` fills ``links`` and starts taking records from them;
         ``on_started(worker)`` is called once the sources are open."""
         worker = self.worker
+        survey = None
+        if self.checkpointer is not None:
+            try:
+                self.checkpointer.store.open()
+            except ResilienceDirError as exc:
+                raise StartupError(str(exc)) from None
+            survey = self.checkpointer.survey()
         await worker.open_sinks()
         try:
             await connect_links(self)
-            self.tell({"type": "ready", "describe": worker.describe()})
+            self.tell({"type": "ready", "describe": worker.describe(), "checkpoints": survey})
             message = await self._next()
             if message.get("type") != "start":
                 raise ClusterStopped(message.get("why") or "the coordinator stopped the run")
+            if self.checkpointer is not None:
+                await self._restore(message.get("restore"))
             await worker.open_sources()
             self.tell({"type": "started"})
         except BaseException:
@@ -187,6 +274,8 @@ class Member:
         result = worker.result()
         if self.stopped_by is not None and result.failure is None:
             result.failure = ClusterStopped(self.stopped_by)
+        if self._clear_checkpoints and result.exit_code == 0:   # nothing left to recover
+            self.checkpointer.store.clear()
         self.tell({"type": "done", "result": result_summary(result, worker)})
         try:
             await asyncio.wait_for(control, timeout=5.0)
@@ -240,6 +329,22 @@ class Member:
             elif kind == "finish":   # with "why", the run ended without all of its messages
                 if message.get("why") and worker.failure is None:
                     self.stopped_by = message["why"]
+                self._clear_checkpoints = bool(message.get("clear"))
                 self._finish.set()
             elif kind == "abandon":  # a second stop request: do not wait for sinks
                 worker.abandon_flush("the cluster is stopping without waiting")
+            elif kind == "checkpoint":
+                self._begin_checkpoint(message["id"])
+            elif kind == "commit":
+                try:
+                    await self.checkpointer.commit(message["id"])
+                except OSError as exc:
+                    self.tell({"type": "checkpoint_failed", "id": message["id"],
+                               "error": str(exc), "fatal": True})
+            elif kind == "rollback":   # the cluster goes back to its last checkpoint
+                self.rolled_back = True
+                for source in worker.sources:
+                    source.announce_restart()
+                worker.abandon_flush("rolling back to the last checkpoint")
+                await worker.stop_input(fire_windows=False)
+                self._finish.set()

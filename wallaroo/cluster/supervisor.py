@@ -193,16 +193,23 @@ class Supervisor:
 
     ``tcp_sources`` maps each TCP source's name to its (host, port); ``announce(members)``
     prints the startup line once every worker is ready; ``external`` is the external control
-    port's (host, port), if any.
+    port's (host, port), if any. With ``checkpoint_interval`` (resilience on), a worker that
+    dies makes the supervisor stop the others and start every worker again: they restore the
+    last complete checkpoint and go on.
 
     Example: ``code, summaries = await Supervisor(argv, 4, key_groups, {}, announce).run()``
     (as wallaroo.cluster.launch.supervise does).
     """
 
+    #: Restarts in a row, each without a checkpoint completed since the one before, after
+    #: which the supervisor gives up (the workers die as soon as they start).
+    MAX_FRUITLESS_RESTARTS = 10
+
     def __init__(self, argv: list[str], count: int, key_groups: int, tcp_sources: dict,
                  announce, external: tuple[str, int] | None = None, secret: str | None = None,
-                 flush_timeout: float = 30.0):
+                 flush_timeout: float = 30.0, checkpoint_interval: float | None = None):
         self.flush_timeout = flush_timeout
+        self.checkpoint_interval = checkpoint_interval
         self.external = external
         self.secret = secret
         self.argv = argv
@@ -211,6 +218,9 @@ class Supervisor:
         self.tcp_sources = tcp_sources
         self.announce = announce
         self.processes: list[asyncio.subprocess.Process] = []
+        #: Times the workers were started again after one died.
+        self.restarts = 0
+        self._coordinator: Coordinator | None = None
 
     async def run(self) -> tuple[int, list]:
         """Make the rings and control connections, start the workers, coordinate them until
@@ -228,6 +238,38 @@ class Supervisor:
             except OSError as exc:
                 raise SupervisorError(exc.strerror) from None
         ports, held = reserve_ports(self.tcp_sources)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: self._coordinator.request_stop())
+        fruitless = 0
+        try:
+            while True:
+                coordinator = await self._start_workers(ports, held)
+                control.coordinator = coordinator
+                summaries = await coordinator.run()
+                codes = await asyncio.gather(*(self._reap(p, coordinator.rollback is not None)
+                                               for p in self.processes))
+                if coordinator.rollback is None:
+                    break
+                fruitless = 0 if coordinator.rounds.summary()["completed"] else fruitless + 1
+                if fruitless >= self.MAX_FRUITLESS_RESTARTS:
+                    log.error("giving up: the workers were restarted %d times in a row without "
+                              "completing a checkpoint", fruitless)
+                    return 1, summaries
+                self.restarts += 1
+                log.warning("restarting the %d workers (restart %d)", self.count, self.restarts)
+        finally:
+            if external is not None:
+                await external.close()
+            for sock in held:
+                sock.close()
+        code = max((1 if c < 0 else c for c in codes), default=0)   # < 0: killed by a signal
+        if coordinator.failure is not None:
+            code = max(code, 1)
+        return code, summaries
+
+    async def _start_workers(self, ports: dict, held: list) -> Coordinator:
+        """Make the rings and control connections and start every worker; their
+        coordinator."""
         rings = {}   # (i, j) -> (ring, data_fd, space_fd): what worker i sends worker j
         size = ring_bytes(self.count)
         for i in range(self.count):
@@ -235,6 +277,7 @@ class Supervisor:
                 if i != j:
                     rings[(i, j)] = make_ring_pair(size)
         members = []
+        self.processes = []
         for index in range(self.count):
             ours, theirs = socket.socketpair()
             bootstrap = LocalBootstrap(
@@ -255,35 +298,30 @@ class Supervisor:
             ring.close()
             os.close(data_fd)
             os.close(space_fd)
+        first = self.restarts == 0
 
         def ready(handles) -> None:
             for sock in held:
                 sock.close()
-            self.announce(handles)
+            held.clear()
+            if first:
+                self.announce(handles)
+            else:
+                log.warning("recovered: %d workers running again (pids %s)", len(handles),
+                            ", ".join(str(m.pid) for m in handles))
 
-        coordinator = Coordinator(members, self.key_groups, self._describe_loss, ready,
-                                  self.flush_timeout)
-        control.coordinator = coordinator
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, coordinator.request_stop)
-        try:
-            summaries = await coordinator.run()
-        finally:
-            if external is not None:
-                await external.close()
-        codes = await asyncio.gather(*(self._reap(p) for p in self.processes))
-        for sock in held:
-            sock.close()
-        code = max((1 if c < 0 else c for c in codes), default=0)   # < 0: killed by a signal
-        if coordinator.failure is not None:
-            code = max(code, 1)
-        return code, summaries
+        self._coordinator = Coordinator(members, self.key_groups, self._describe_loss, ready,
+                                        self.flush_timeout, self.checkpoint_interval)
+        return self._coordinator
 
-    async def _reap(self, process) -> int:
+    async def _reap(self, process, at_once: bool = False) -> int:
+        """The exit code of a worker; ``at_once`` (rolling back) kills what still runs after
+        a moment to tell its senders to reconnect."""
         try:
-            return await asyncio.wait_for(process.wait(), timeout=15.0)
+            return await asyncio.wait_for(process.wait(), timeout=0.5 if at_once else 15.0)
         except asyncio.TimeoutError:
-            log.error("worker (pid %d) did not exit; killing it", process.pid)
+            if not at_once:
+                log.error("worker (pid %d) did not exit; killing it", process.pid)
             process.kill()
             await process.wait()
             return 1

@@ -63,6 +63,27 @@ class Source:
         """(units read, total units or None): bytes for files, items for sized iterables."""
         return (0, None)
 
+    # -- checkpoints (resilience on) ----------------------------------------------------------
+
+    #: Whether the source can go back to a checkpoint's ``position`` after a crash (plain TCP
+    #: cannot: its senders do not resend).
+    replayable = False
+
+    def position(self):
+        """Where to read on from after a restart (picklable), taken between two emits; None
+        for a source that cannot replay."""
+        return None
+
+    def restore(self, position) -> None:
+        """Read on from ``position`` (what ``position()`` gave) once started."""
+
+    def checkpoint_complete(self, position) -> None:
+        """The checkpoint that holds ``position`` is complete: what came before it will never
+        be asked for again (a connector source acknowledges it)."""
+
+    def announce_restart(self) -> None:
+        """The run rolls back to its last checkpoint: tell the senders (best effort)."""
+
     def _produce_in_background(self, coro) -> None:
         self._task = asyncio.get_running_loop().create_task(coro)
         self._task.add_done_callback(self._producer_done)
@@ -105,6 +126,25 @@ class Sink:
 
     async def close(self) -> None:
         """Release the sink's resources."""
+
+    # -- two-phase commit (resilience on) -----------------------------------------------------
+
+    #: Whether output waits for checkpoints to complete (exactly-once); other sinks write at
+    #: once and may write again what follows a checkpoint after a crash (at-least-once).
+    transactional = False
+
+    async def recover(self, checkpoint_id, record) -> None:
+        """Before any push after a (re)start: settle what the restored checkpoint
+        ``checkpoint_id`` committed (``record``, what ``prepare`` gave; None on a fresh
+        start) and abort whatever came after it."""
+
+    async def prepare(self, checkpoint_id: int):
+        """Phase 1 at a checkpoint's barrier: make what was pushed durable but not visible;
+        the (picklable) record that ``commit`` applies. Raising votes against the checkpoint."""
+        return None
+
+    async def commit(self, checkpoint_id: int, record) -> None:
+        """Phase 2, once every worker has the checkpoint: make ``record``'s output visible."""
 
     def describe(self) -> str:
         """Where this sink writes, for the startup line."""

@@ -37,9 +37,35 @@ class FileSource(Source):
         super().__init__(config, ctx)
         self._read = 0
         self._size: int | None = None
+        #: Where this run began reading (a byte offset), the reader cutting lines or frames,
+        #: and the frames cut from the start of the file (for the every-count-th share).
+        self._base = 0
+        self._reader = None
+        self._frames_seen = 0
+        self._restored: dict | None = None
 
     #: With several workers, each reads its share (see the class docstring).
     spread = "every"
+    #: A checkpoint records where to read on from (see ``position``).
+    replayable = True
+
+    def position(self) -> dict:
+        """Where to read on from after a restart: the byte offset of the first line or frame
+        not yet emitted, and how many frames come before it.
+
+        Example::
+
+            >>> src = FileSource(None, None)
+            >>> src._base, src._read = 100, 50
+            >>> src.position()
+            {'offset': 150, 'frames': 0}
+        """
+        pending = self._reader.pending if self._reader is not None else 0
+        return {"offset": self._base + self._read - pending, "frames": self._frames_seen}
+
+    def restore(self, position: dict) -> None:
+        """Read on from ``position`` (what ``position()`` returned) when started."""
+        self._restored = position
 
     async def start(self) -> None:
         try:
@@ -49,15 +75,21 @@ class FileSource(Source):
                           f"{exc.strerror or exc}") from None
         self._size = os.fstat(handle.fileno()).st_size
         index, count = getattr(self.ctx, "share", (0, 1))
+        self._reader = self._make_reader()
+        resume = self._restored or {"offset": 0, "frames": 0}
         if self.config.decoder is None and count > 1:
             start, end = _line_range_of(handle, index, count, self._size)
-            handle.seek(start)
-            self._size = end - start
-            self._produce_in_background(self._produce(_Bounded(handle, end - start)))
+            offset = max(start, min(resume["offset"], end))
+            self._base, self._read, self._size = start, offset - start, end - start
+            handle.seek(offset)
+            self._produce_in_background(self._produce(_Bounded(handle, end - offset)))
         else:
+            self._read = resume["offset"]
+            self._frames_seen = resume["frames"]
+            handle.seek(self._read)
             self._produce_in_background(self._produce(handle, index, count))
 
-    def _reader(self):
+    def _make_reader(self):
         dec = self.config.decoder
         if dec is None:
             return LineReader(lambda raw, exc: self.ctx.bad_input("line", raw, exc))
@@ -65,16 +97,14 @@ class FileSource(Source):
         return FrameReader(header, getattr(dec, "length_fmt", None), dec.payload_length)
 
     async def _produce(self, handle, index: int = 0, count: int = 1) -> None:
-        reader = self._reader()
-        frames_seen = 0
+        reader = self._reader
 
         def mine(values: list) -> list:
             """This worker's frames of those just cut: every count-th one."""
-            nonlocal frames_seen
             if count == 1:
                 return values
-            first = (index - frames_seen) % count
-            frames_seen += len(values)
+            first = (index - self._frames_seen) % count
+            self._frames_seen += len(values)
             return values[first::count]
 
         with handle:
@@ -167,10 +197,28 @@ class _Bounded:
 class FileSink(Sink):
     """Appends encoded bytes to a file; flushed per batch, fsynced at close.
 
+    With resilience on (``ctx.resilient``) it commits in two phases instead: what is pushed
+    goes to a hidden pending segment next to the file (``.NAME.pending.*``); ``prepare`` (at a
+    checkpoint's barrier) fsyncs the segment and starts the next one; ``commit`` (once the
+    checkpoint is complete) appends the segment to the file and fsyncs it. The file only ever
+    holds committed bytes; a commit is redone after a crash from the checkpoint's record.
+
     Example::
 
-        >>> FileSink.encodes
-        True
+        >>> import asyncio, os, tempfile
+        >>> from types import SimpleNamespace
+        >>> path = os.path.join(tempfile.mkdtemp(), "out.txt")
+        >>> ctx = SimpleNamespace(part_path=lambda p: p, resilient=True)
+        >>> async def two_phases():
+        ...     sink = FileSink(SimpleNamespace(path=path), ctx)
+        ...     await sink.start(); await sink.recover(None, None)
+        ...     sink.push(SimpleNamespace(values=[b"a\\n", b"b\\n"]))
+        ...     record = await sink.prepare(1)
+        ...     before = open(path, "rb").read()
+        ...     await sink.commit(1, record); await sink.close()
+        ...     return before, open(path, "rb").read()
+        >>> asyncio.run(two_phases())
+        (b'', b'a\\nb\\n')
     """
 
     def __init__(self, config, ctx):
@@ -179,17 +227,25 @@ class FileSink(Sink):
         #: The file written: the config's path, or with several workers this worker's part
         #: of it (``PATH.part-INDEX``).
         self.path = ctx.part_path(config.path) if ctx is not None else None
+        self.transactional = bool(getattr(ctx, "resilient", False))
+        self._segments = 0
+        self._segment_path: str | None = None
+        self._committed = 0
 
     async def start(self) -> None:
         try:
             self._file = open(self.path, "ab")
+            if self.transactional:   # the file itself only changes at commits
+                self._file.close()
+                self._file = None
         except OSError as exc:
             raise OSError(f"sink {self.describe()}: cannot open for writing: "
                           f"{exc.strerror or exc}") from None
 
     def push(self, batch) -> None:
         self._file.write(b"".join(batch.values))
-        self._file.flush()
+        if not self.transactional:
+            self._file.flush()
 
     def describe(self) -> str:
         return f"file://{os.path.abspath(self.path)}"
@@ -200,6 +256,75 @@ class FileSink(Sink):
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
+        if self.transactional and self._segment_path is not None:
+            if os.path.getsize(self._segment_path) == 0:   # nothing uncommitted: no trace
+                os.unlink(self._segment_path)
+
+    # -- two-phase commit (resilience on) -------------------------------------------------
+
+    async def recover(self, checkpoint_id, record) -> None:
+        """Make the file hold exactly the output committed up to the restored checkpoint
+        (redo its commit if a crash cut it short), drop every pending segment, and start a
+        new one."""
+        if record is not None:
+            self._apply(record)
+        self._committed = os.path.getsize(self.path)
+        folder, prefix = self._segment_prefix()
+        for name in os.listdir(folder):
+            if name.startswith(prefix):
+                os.unlink(os.path.join(folder, name))
+        self._open_segment()
+
+    async def prepare(self, checkpoint_id: int) -> dict:
+        """Phase 1: make what was pushed since the last checkpoint durable in its segment and
+        start the next segment; the record that ``commit`` (or a recovery) applies."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        length = self._file.tell()
+        self._file.close()
+        record = {"segment": self._segment_path, "base": self._committed, "length": length}
+        self._committed += length
+        self._open_segment()
+        return record
+
+    async def commit(self, checkpoint_id: int, record: dict) -> None:
+        """Phase 2: append the checkpoint's segment to the file (the bytes become visible)."""
+        self._apply(record)
+
+    def _apply(self, record: dict) -> None:
+        base, length, segment = record["base"], record["length"], record["segment"]
+        size = os.path.getsize(self.path)
+        with open(self.path, "r+b") as visible:
+            if size >= base + length:        # applied already: drop anything after it
+                if size > base + length:
+                    visible.truncate(base + length)
+            else:
+                try:
+                    with open(segment, "rb") as pending:
+                        data = pending.read(length)
+                except FileNotFoundError:
+                    data = b""
+                if size < base or len(data) != length:
+                    raise OSError(f"sink {self.describe()}: the committed output of a "
+                                  f"checkpoint is missing ({segment} holds {len(data)} of "
+                                  f"{length} bytes; the file {size} of {base + length})")
+                visible.truncate(base)
+                visible.seek(base)
+                visible.write(data)
+            visible.flush()
+            os.fsync(visible.fileno())
+        if os.path.exists(segment):
+            os.unlink(segment)
+
+    def _segment_prefix(self) -> tuple[str, str]:
+        folder, name = os.path.split(os.path.abspath(self.path))
+        return folder, f".{name}.pending."
+
+    def _open_segment(self) -> None:
+        folder, prefix = self._segment_prefix()
+        self._segments += 1
+        self._segment_path = os.path.join(folder, f"{prefix}{os.getpid()}.{self._segments}")
+        self._file = open(self._segment_path, "wb")
 
 
 class StdoutSink(Sink):

@@ -21,10 +21,24 @@ class _ProducerSource(Source):
 
     bounded = True
     stage_kind = "iterable"  # how errors name the user code this source runs
+    #: A checkpoint records how many values were emitted, and the last one.
+    replayable = True
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
         self._count = 0
+        self._last = None
+        self._restored: dict | None = None
+
+    def position(self) -> dict:
+        """How many values were emitted, and the last of them (a generator goes on from it)."""
+        return {"count": self._count, "last": self._last}
+
+    def restore(self, position: dict) -> None:
+        """Go on after the values ``position`` counts, when started."""
+        self._restored = position
+        self._count = position["count"]
+        self._last = position["last"]
 
     async def start(self) -> None:
         self._produce_in_background(self._produce())
@@ -55,6 +69,7 @@ class _ProducerSource(Source):
 
     def _emit(self, batch: list) -> bool:
         self._count += len(batch)
+        self._last = batch[-1]
         return self.ctx.emit(batch)
 
     def describe(self) -> str:
@@ -71,7 +86,16 @@ class IterSource(_ProducerSource):
     """
 
     def _values(self):
-        return iter(self.config.iterable)
+        """The iterable's values, from the first not yet emitted.
+
+        Example::
+
+            >>> from types import SimpleNamespace
+            >>> src = IterSource(SimpleNamespace(iterable="abcd"), None)
+            >>> src.restore({"count": 2, "last": "b"}); list(src._values())
+            ['c', 'd']
+        """
+        return islice(self.config.iterable, self._count, None)
 
     def progress(self) -> tuple[int, int | None]:
         """(items emitted, len(iterable) when it has one): how far the source has got."""
@@ -97,8 +121,21 @@ class GenSource(_ProducerSource):
     stage_kind = "generator"
 
     def _values(self):
+        """``initial_value()``, then ``apply(previous)`` (from the last value emitted, after a
+        restore) until None.
+
+        Example::
+
+            >>> from types import SimpleNamespace
+            >>> class Up:
+            ...     def initial_value(self): return 1
+            ...     def apply(self, n): return n + 1 if n < 5 else None
+            >>> src = GenSource(SimpleNamespace(gen=Up()), None)
+            >>> src.restore({"count": 3, "last": 3}); list(src._values())
+            [4, 5]
+        """
         gen = self.config.gen
-        value = gen.initial_value()
+        value = gen.initial_value() if self._count == 0 else gen.apply(self._last)
         while value is not None:
             yield value
             value = gen.apply(value)

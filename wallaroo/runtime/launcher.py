@@ -37,10 +37,13 @@ from wallaroo.api.pipeline import Application
 from wallaroo.errors import WallarooParameterError
 from wallaroo.runtime.errors import POLICIES
 from wallaroo.runtime.report import report_end, result_summary, write_stats
+from wallaroo.runtime.worker import SOURCES as SOURCE_KINDS
 from wallaroo.runtime.worker import MAX_IDLE_TIMEOUT, RunOptions, StartupError, Worker
 
 log = logging.getLogger("wallaroo")
 
+#: Where checkpoints go with --run-with-resilience and no --resilience-dir (the original's).
+DEFAULT_RESILIENCE_DIR = "/tmp"
 #: The most local workers ``--workers`` starts.
 MAX_LOCAL_WORKERS = 32
 #: The cyclic garbage collector's thresholds in a wallaroo-run process. Python's default
@@ -51,7 +54,7 @@ MAX_LOCAL_WORKERS = 32
 GC_THRESHOLDS = (100_000, 20, 20)
 
 # flag -> (destination, takes a value, acts now). Flags that do not act yet are accepted and
-# named in a note; they belong to clustering, resilience and metrics.
+# named in a note; they belong to metrics and log rotation.
 ENGINE_FLAGS: dict[str, tuple[str, bool, bool]] = {}
 
 
@@ -84,9 +87,9 @@ _flag("--join-timeout", "join_timeout", True)
 _flag("--name -n", "name", True)
 _flag("--join -j", "join", True, acts=False)
 _flag("--metrics -m", "metrics", True, acts=False)
-_flag("--resilience-dir -r", "resilience_dir", True, acts=False)
-_flag("--run-with-resilience", "run_with_resilience", False, acts=False)
-_flag("--time-between-checkpoints", "time_between_checkpoints", True, acts=False)
+_flag("--resilience-dir -r", "resilience_dir", True)
+_flag("--run-with-resilience", "run_with_resilience", False)
+_flag("--time-between-checkpoints", "time_between_checkpoints", True)
 _flag("--log-rotation", "log_rotation", False, acts=False)
 _flag("--event-log-file-size -l", "event_log_file_size", True, acts=False)
 _flag("--stop-pause -u", "stop_pause", True, acts=False)
@@ -115,6 +118,11 @@ options:
                               per sink messages out and ingest-to-write latency histograms
   --no-progress               no progress line for bounded runs on a terminal
   --explain                   print the physical plan (fused chains, exchanges) and exit
+  --run-with-resilience       take checkpoints and recover from them after a crash (a worker
+                              that dies is restarted; see docs/resilience.md)
+  --resilience-dir DIR        where checkpoints go (default /tmp; must exist)
+  --time-between-checkpoints NS
+                              nanoseconds between checkpoints (default 1000000000)
 Original Wallaroo flags (--workers, --cluster-initializer, --resilience-dir, --metrics, ...)
 are accepted; Pony runtime flags (--ponythreads, ...) are accepted and ignored.
 Everything else is passed to application_setup(args)."""
@@ -253,9 +261,23 @@ def _options(flags: dict) -> RunOptions:
     if not 0 < idle_timeout <= MAX_IDLE_TIMEOUT:
         raise UsageError(f"--idle-timeout must be more than 0 and at most {MAX_IDLE_TIMEOUT:.0f} "
                          f"seconds (a year)")
+    resilience_dir = None
+    interval = RunOptions.checkpoint_interval
+    if flags.get("run_with_resilience"):
+        resilience_dir = flags.get("resilience_dir", DEFAULT_RESILIENCE_DIR)
+        nanoseconds = _number(flags, "time_between_checkpoints", "--time-between-checkpoints",
+                              int(interval * 1e9))
+        if nanoseconds < 1_000_000:
+            raise UsageError("--time-between-checkpoints is in nanoseconds and must be at least "
+                             "1000000 (1 ms); the default is 1000000000 (1 s)")
+        interval = nanoseconds / 1e9
+    elif "time_between_checkpoints" in flags and LocalBootstrap.from_env() is None:
+        log.warning("note: --time-between-checkpoints has no effect without "
+                    "--run-with-resilience")
     return RunOptions(on_error=on_error, dead_letter=flags.get("dead_letter"),
                       key_groups=key_groups, flush_timeout=flush_timeout,
-                      idle_timeout=idle_timeout, show_progress=not flags.get("no_progress"))
+                      idle_timeout=idle_timeout, show_progress=not flags.get("no_progress"),
+                      resilience_dir=resilience_dir, checkpoint_interval=interval)
 
 
 @dataclass
@@ -339,6 +361,23 @@ def _topology(flags: dict) -> Topology:
     return Topology(1, spec, external, secret)
 
 
+def _note_delivery_guarantees(app: Application, source_configs: dict, sink_configs: dict) -> None:
+    """Say at startup which sources cannot replay and which sinks may repeat output after a
+    crash (see docs/resilience.md)."""
+    for node in app.graph.sources:
+        config = source_configs.get(node.name, node.spec)
+        if not getattr(SOURCE_KINDS.get(config.kind), "replayable", False):
+            log.warning("resilience: source %r (%s) cannot replay: after a crash, what it took "
+                        "since the last checkpoint is lost; use a file, generator or connector "
+                        "source for exactly-once", node.name, config.kind)
+    for position, node in enumerate(app.graph.sinks):
+        config = sink_configs.get(position, node.spec)
+        if config.kind not in ("file", "sink_connector"):
+            log.warning("resilience: sink %d (%s) is at-least-once: after a crash it writes "
+                        "again what followed the last checkpoint; use a file or connector sink "
+                        "for exactly-once", position, config.kind)
+
+
 def _exit_of(result) -> int:
     return result if isinstance(result, int) else result.exit_code
 
@@ -399,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         later = sorted({name for name, (dest, _, acts) in ENGINE_FLAGS.items()
                         if not acts and dest in flags and name.startswith("--")})
         if later and local is None:
-            log.warning("note: %s accepted; resilience and metrics are not in this version "
-                        "yet, so this runs without them", ", ".join(later))
+            log.warning("note: %s accepted; metrics, log rotation and stop pauses are not in "
+                        "this version yet, so this runs without them", ", ".join(later))
         options = _options(flags)
         topology = _topology(flags)
         wallaroo._ARGS = ["wallaroo-run", *argv]
@@ -427,7 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     if topology.cluster is not None:
         return asyncio.run(run_cluster_worker(topology.cluster, app, options, source_configs,
                                               sink_configs, flags.get("stats_file")))
-    if topology.workers > 1 or topology.external is not None:  # the supervisor serves --external
+    if options.resilient and local is None:
+        _note_delivery_guarantees(app, source_configs, sink_configs)
+    # the supervisor serves --external, and restarts workers that die (resilience)
+    if topology.workers > 1 or topology.external is not None or options.resilient:
         return asyncio.run(supervise(argv, app, options, source_configs, topology.workers,
                                      flags.get("stats_file"), topology.external, topology.secret))
     started = time.monotonic()

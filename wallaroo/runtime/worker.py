@@ -71,6 +71,15 @@ class RunOptions:
     flush_timeout: float = 30.0
     idle_timeout: float = 5.0
     show_progress: bool = False
+    #: With a directory, the run takes checkpoints there (``--run-with-resilience``).
+    resilience_dir: str | None = None
+    #: Seconds between checkpoints (``--time-between-checkpoints``, given in nanoseconds).
+    checkpoint_interval: float = 1.0
+
+    @property
+    def resilient(self) -> bool:
+        """Whether the run takes checkpoints and recovers from them."""
+        return self.resilience_dir is not None
 
 
 @dataclass
@@ -120,6 +129,10 @@ class SourceContext:
         #: with ingest time it is the clock.
         self.ingest_time = node.options.get("event_time") is None
         self.done = False
+        self.worker_name = placement.name
+        self.resilient = worker.options.resilient
+        #: Batches emitted while a checkpoint barrier holds the input (see ``release_held``).
+        self._held: list[Batch] = []
 
     def emit(self, values: list) -> bool:
         """Push a natural batch into the dataflow; False once the run is stopping."""
@@ -140,10 +153,19 @@ class SourceContext:
                              self.origin, mark))
 
     def _push(self, batch: Batch) -> None:
+        if self.worker.barrier_pending:   # after the barrier: it belongs to the next checkpoint
+            self._held.append(batch)
+            return
         try:
             self.emitter.push(batch)
         except Exception as exc:  # an engine fault, not a user error: those are handled in ops
             self.crash(exc)
+
+    def release_held(self) -> None:
+        """The checkpoint's snapshot is taken: push what was emitted since its barrier."""
+        held, self._held = self._held, []
+        for batch in held:
+            self._push(batch)
 
     def bad_input(self, kind: str, value, exc: BaseException) -> None:
         """Report input this source could not take (bad frame, ...)."""
@@ -209,6 +231,9 @@ class SinkContext:
         self.part_path = worker.placement.part_path
         #: Other workers write to the same standard output.
         self.shares_output = not worker.placement.alone
+        self.worker_name = worker.placement.name
+        #: With resilience on, transactional sinks commit in two phases.
+        self.resilient = worker.options.resilient
 
 
 class AbsentSource:
@@ -276,6 +301,8 @@ class Worker:
         #: without waiting.
         self.on_stop_requested = None
         self.sources_opened_at: float | None = None
+        #: True from a checkpoint barrier until its snapshot is taken: input waits.
+        self.barrier_pending = False
         self.stopping = False
         self.failure: BaseException | None = None
         self.ingested = 0
@@ -421,6 +448,21 @@ class Worker:
                     counts[op.name] = len(op.keys())
         return counts
 
+    def stateful_ops(self) -> list:
+        """The state computations and windows of this worker (what checkpoints hold).
+
+        Example::
+
+            >>> import wallaroo
+            >>> count = wallaroo.state_computation(name="count", state=list)(lambda v, s: v)
+            >>> p = (wallaroo.source("n", wallaroo.IterSourceConfig("n", []))
+            ...      .key_by(str).to(count).to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str))))
+            >>> [op.name for op in Worker(wallaroo.build_application("c", p)).stateful_ops()]
+            ['count']
+        """
+        return [op for chain in self.chains.values() for op in chain.ops
+                if isinstance(op, (StateOp, WindowOp))]
+
     def late_counts(self) -> dict[str, int]:
         """Late messages each window dropped (only windows that dropped some)."""
         return {chain.ops[0].name: chain.ops[0].late for chain in self._window_chains
@@ -550,6 +592,8 @@ class Worker:
         count-window timeouts)."""
         while True:
             await asyncio.sleep(TICK_SECONDS)
+            if self.barrier_pending:   # time does not move inside a checkpoint
+                continue
             now = time.time_ns()
             for ctx in self.source_contexts:
                 if ctx.ingest_time and not ctx.done and not self.stopping:
