@@ -16,8 +16,9 @@ The phases, each logged:
    worker that cannot reach the initializer retries every half second for ``--join-timeout``
    seconds (default 30), then exits saying what it tried.
 2. **Topology received.** Once ``--worker-count`` workers have joined, the initializer gives
-   each its index (the initializer is 0, the others in the order they joined), the names and
-   data addresses of all, and the number of key groups.
+   each its index (the initializer is 0, the others in the order of their names, so that a
+   worker restarted with the same command line gets the same index, key groups and files),
+   the names and data addresses of all, and the number of key groups.
 3. **Ready.** Each worker opens one TCP connection to each worker after it (proving the secret
    again); records go both ways over it. When every worker is linked to every other, the
    coordinator (on the initializer) starts them all, and the cluster runs as
@@ -188,8 +189,9 @@ class Initializer:
     """
 
     def __init__(self, spec: ClusterSpec, key_groups: int, control: ClusterControl,
-                 flush_timeout: float = 30.0):
+                 flush_timeout: float = 30.0, checkpoint_interval: float | None = None):
         self.flush_timeout = flush_timeout
+        self.checkpoint_interval = checkpoint_interval
         self.spec = spec
         self.key_groups = key_groups
         self.control = control
@@ -233,7 +235,7 @@ class Initializer:
     async def coordinate(self) -> list:
         """Wait for every worker, send the topology, run the coordinator to the end."""
         await self.formed
-        joined = sorted(self.joined, key=lambda j: j[0]["name"] != INITIALIZER)
+        joined = sorted(self.joined, key=lambda j: (j[0]["name"] != INITIALIZER, j[0]["name"]))
         workers = [{"name": h["name"], "data": h["data"], "pid": h.get("pid"),
                     "host": h.get("host")} for h, _, _ in joined]
         members = []
@@ -241,7 +243,8 @@ class Initializer:
             writer.write(encode_message({"type": "topology", "index": index, "workers": workers,
                                          "key_groups": self.key_groups}))
             members.append(MemberHandle(hello["name"], index, reader, writer, hello.get("pid")))
-        coordinator = Coordinator(members, self.key_groups, flush_timeout=self.flush_timeout)
+        coordinator = Coordinator(members, self.key_groups, flush_timeout=self.flush_timeout,
+                                  checkpoint_interval=self.checkpoint_interval)
         self.control.coordinator = coordinator
         return await coordinator.run()
 

@@ -27,6 +27,7 @@ from wallaroo.cluster.formation import (
 from wallaroo.cluster.member import ClusterStopped, Member
 from wallaroo.cluster.supervisor import (
     LocalBootstrap, Supervisor, SupervisorError, connect_rings, control_connection, worker_name,
+    wallaroo_run_command,
 )
 from wallaroo.runtime.placement import Placement
 from wallaroo.runtime.report import merge_summaries, report_end, result_summary, write_stats
@@ -141,7 +142,8 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
     data = None
     try:
         if spec.initializer:
-            initializer = Initializer(spec, options.key_groups, control, options.flush_timeout)
+            initializer = Initializer(spec, options.key_groups, control, options.flush_timeout,
+                                      options.checkpoint_interval if options.resilient else None)
             await initializer.start()
             coordinating = loop.create_task(initializer.coordinate())
             log.info("initializer: waiting for %d worker(s) on --control %s:%d",
@@ -195,9 +197,13 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
     except (StartupError, FormationError, ClusterStopped) as exc:
         print(f"wallaroo-run: {exc}", file=sys.stderr)
         await _close(initializer, external, data, coordinating)
+        if options.resilient and isinstance(exc, ClusterStopped):
+            _restart_to_recover(str(exc))
         return 2 if isinstance(exc, StartupError) else 1
     summaries = await coordinating if coordinating is not None else None
     await _close(initializer, external, data, None)
+    if options.resilient and (member.rolled_back or isinstance(result.failure, ClusterStopped)):
+        _restart_to_recover(member.stopped_by or "the cluster rolls back")
     failed = control.coordinator is not None and control.coordinator.failure is not None
     code = max(result.exit_code, 1 if failed else 0)   # the coordinator saw a worker fail
     if stats_file:
@@ -209,6 +215,19 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
     if code == 0:
         run_file.remove()
     return code
+
+
+def _restart_to_recover(why: str) -> None:
+    """With resilience on, a cluster worker that lost the cluster (a worker or the initializer
+    died, or the coordinator rolled back) starts itself again with the same command line: it
+    rejoins the initializer and restores the last complete checkpoint with the others."""
+    log.warning("%s: restarting this worker with the same command line to restore the last "
+                "complete checkpoint", why)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    command = wallaroo_run_command(sys.argv[1:])
+    os.execv(command[0], command)
 
 
 async def _close(initializer, external, data, coordinating) -> None:

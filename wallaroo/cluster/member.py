@@ -343,6 +343,7 @@ class Member:
                                "error": str(exc), "fatal": True})
             elif kind == "rollback":   # the cluster goes back to its last checkpoint
                 self.rolled_back = True
+                self.stopped_by = message.get("why") or "the cluster rolls back"
                 for source in worker.sources:
                     source.announce_restart()
                 worker.abandon_flush("rolling back to the last checkpoint")

@@ -288,7 +288,7 @@ class Supervisor:
             inherited = [theirs.fileno(), *(fd for fds in bootstrap.rings_out.values() for fd in fds),
                          *(fd for fds in bootstrap.rings_in.values() for fd in fds)]
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _CHILD, *self.argv,
+                *wallaroo_run_command(self.argv),
                 env={**os.environ, ENV: bootstrap.to_env()}, pass_fds=inherited)
             theirs.close()
             self.processes.append(process)
@@ -342,6 +342,18 @@ class Supervisor:
 
 # How a worker starts: wallaroo-run's own entry point, with the supervisor's command line.
 _CHILD = "import sys; from wallaroo.cli import run_main; run_main(sys.argv[1:])"
+
+
+def wallaroo_run_command(argv: list[str]) -> list[str]:
+    """The command that runs ``wallaroo-run`` with ``argv`` on this Python (how the
+    supervisor starts its workers, and how a cluster worker restarts itself).
+
+    Example::
+
+        >>> wallaroo_run_command(["--app", "wc"])[-2:]
+        ['--app', 'wc']
+    """
+    return [sys.executable, "-c", _CHILD, *argv]
 
 
 def _fds(triple) -> list[int]:
