@@ -285,39 +285,81 @@ def run_scaling(case: Case, counts: list[int], rounds: int) -> list[dict]:
     throughput from the moment every worker is reading (startup left out) to the end, its
     ratio to the first count's, and the plain twin's throughput on the same files (one
     process). Every round checks the part files hold exactly the twin's outputs."""
-    w = case.work
-    reference, paths = case.reference, case.files
-    out = case.tmp / f"{w.name}.scaling.out"
-    args = [arg for name, path in paths.items() for arg in ("--bench-file", f"{name}={path}")]
-    twin_s = []
-    for _ in range(rounds):
-        out.unlink(missing_ok=True)
-        twin_s.append(run_twin(w.name, paths, ["--output", str(out)])["seconds"])
+    twin_s = _twin_seconds(case, rounds)
     results = []
     for count in counts:
-        seconds, walls = [], []
-        for _ in range(rounds):
-            for part in case.tmp.glob(f"{out.name}*"):
-                part.unlink()
-            engine = Engine(w.name, case.tmp, [*args, "--bench-output", str(out),
-                                               "--workers", str(count)])
-            engine.wait(timeout=3600)
-            walls.append(time.monotonic() - engine.started_at)
-            stats = engine.stats()
-            _check_stats(case, stats, case.messages)
-            written = b"".join(p.read_bytes() for p in sorted(case.tmp.glob(f"{out.name}*")))
-            got = Counter(split_messages(written, w.out_framing))
-            if got != Counter(split_messages(reference, w.out_framing)):
-                raise WorkloadMismatch(f"{w.name} on {count} workers: the part files do not "
-                                       f"hold the plain loop's outputs")
-            seconds.append(stats["processing_s"])
-        results.append({"workload": w.name, "workers": count, "items": case.items,
+        seconds, walls, _ = _engine_on_files(case, rounds, ["--workers", str(count)],
+                                             f"{count} workers")
+        results.append({"workload": case.work.name, "workers": count, "items": case.items,
                         "processing_s": seconds, "wall_s": walls,
                         "rate": case.items / statistics.median(seconds),
                         "plain_rate": case.items / statistics.median(twin_s)})
     for r in results:
         r["speedup"] = r["rate"] / results[0]["rate"]
     return results
+
+
+def run_resilience(case: Case, interval_s: float, rounds: int) -> dict:
+    """The workload on files with checkpoints every ``interval_s`` seconds against the same
+    run without resilience: throughput of each (every round's output checked), their ratio,
+    and the checkpoints' median duration and size."""
+    off, _, _ = _engine_on_files(case, rounds, [], "without resilience")
+    folder = case.tmp / "resilience"
+    folder.mkdir(exist_ok=True)
+    on, _, stats = _engine_on_files(
+        case, rounds, ["--run-with-resilience", "--resilience-dir", str(folder),
+                       "--time-between-checkpoints", str(int(interval_s * 1e9))],
+        "with resilience")
+    checkpoints = [s["checkpoints"] for s in stats]
+    return {"workload": case.work.name, "items": case.items, "interval_s": interval_s,
+            "off_s": off, "on_s": on,
+            "off_rate": case.items / statistics.median(off),
+            "on_rate": case.items / statistics.median(on),
+            "ratio": statistics.median(off) / statistics.median(on),
+            "checkpoints": statistics.median(c["completed"] for c in checkpoints),
+            "checkpoint_s": statistics.median(c.get("median_seconds", 0) for c in checkpoints),
+            "checkpoint_bytes": statistics.median(c.get("median_bytes", 0) for c in checkpoints)}
+
+
+def _twin_seconds(case: Case, rounds: int) -> list[float]:
+    out = case.tmp / f"{case.work.name}.twin.out"
+    seconds = []
+    for _ in range(rounds):
+        out.unlink(missing_ok=True)
+        seconds.append(run_twin(case.work.name, case.files, ["--output", str(out)])["seconds"])
+    return seconds
+
+
+def _engine_on_files(case: Case, rounds: int, extra: list[str], how: str):
+    """Run ``wallaroo-run`` with ``extra`` flags on the workload's files ``rounds`` times;
+    (processing seconds, wall seconds, stats) of each round, once its output (all part files)
+    is checked to hold exactly the plain twin's outputs."""
+    w = case.work
+    out = case.tmp / f"{w.name}.engine.out"
+    args = [arg for name, path in case.files.items() for arg in ("--bench-file", f"{name}={path}")]
+    expected = Counter(split_messages(case.reference, w.out_framing))
+    seconds, walls, stats_of = [], [], []
+    for _ in range(rounds):
+        for part in case.tmp.glob(f"{out.name}*"):
+            part.unlink()
+        engine = Engine(w.name, case.tmp, [*args, "--bench-output", str(out), *extra])
+        engine.wait(timeout=3600)
+        walls.append(time.monotonic() - engine.started_at)
+        stats = engine.stats()
+        _check_stats(case, stats, case.messages)
+        written = b"".join(p.read_bytes() for p in sorted(case.tmp.glob(f"{out.name}*")))
+        if Counter(split_messages(written, w.out_framing)) != expected:
+            raise WorkloadMismatch(f"{w.name} ({how}): the output files do not hold the plain "
+                                   f"loop's outputs")
+        seconds.append(stats["processing_s"])
+        stats_of.append(stats)
+    return seconds, walls, stats_of
+
+
+def format_resilience(r: dict) -> str:
+    return (f"{r['workload']:<16}{r['items']:>12,}{r['off_rate']:>14,.0f}{r['on_rate']:>14,.0f}"
+            f"{r['ratio']:>8.2f}{r['checkpoints']:>8.0f}{r['checkpoint_s'] * 1000:>10.1f}"
+            f"{r['checkpoint_bytes'] / 1e6:>10.2f}")
 
 
 def format_scaling(r: dict) -> str:
@@ -733,6 +775,11 @@ def parse_args(argv: list[str] | None):
                              "(default 1,2) and report the speedup over the first")
     parser.add_argument("--scaling-workloads", default="word_count",
                         help="workloads for --scaling (default word_count)")
+    parser.add_argument("--resilience", nargs="?", const=1.0, default=None, type=float,
+                        metavar="SECONDS", help="also run the workloads on files with "
+                        "checkpoints every SECONDS (default 1) against none")
+    parser.add_argument("--resilience-workloads", default="word_count,keyed_sum",
+                        help="workloads for --resilience (default word_count,keyed_sum)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     parser.add_argument("--smoke", action="store_true",
                         help="a quick check that everything runs: allows --rounds 1")
@@ -769,6 +816,10 @@ def parse_args(argv: list[str] | None):
                          f"workers; choose from {', '.join(SCALING_WORKLOADS)}")
     if args.state_keys is None:
         args.state_keys = max(1000, int(50_000 * args.scale))
+    args.resilience_workloads = [n.strip() for n in args.resilience_workloads.split(",")]
+    unknown = [n for n in args.resilience_workloads if n not in WORKLOADS]
+    if unknown:
+        parser.error(f"--resilience-workloads: unknown {', '.join(unknown)}")
     return args
 
 
@@ -820,6 +871,19 @@ def main(argv: list[str] | None = None) -> int:
                 for r in run_scaling(case, args.scaling, args.rounds):
                     report["scaling"].append(r)
                     print(format_scaling(r), flush=True)
+        if args.resilience:
+            print(f"\n# resilience: wallaroo-run on files, checkpoints every "
+                  f"{args.resilience:g} s against none (1 worker); ratio = with / without; "
+                  f"checkpoint: median duration (ms, barrier to all acknowledged) and size (MB)")
+            print(f"{'workload':<16}{'items':>12}{'off/s':>14}{'on/s':>14}{'ratio':>8}"
+                  f"{'ckpts':>8}{'ckpt ms':>10}{'ckpt MB':>10}")
+            report["resilience"] = []
+            for name in args.resilience_workloads:
+                work = WORKLOADS[name]
+                case = Case(work, max(200, int(work.size * args.scale)), tmp)
+                r = run_resilience(case, args.resilience, args.rounds)
+                report["resilience"].append(r)
+                print(format_resilience(r), flush=True)
         if args.latency:
             report["latency"] = run_latency(args.latency, args, tmp)
         if args.soak:

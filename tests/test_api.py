@@ -775,7 +775,7 @@ class TestHelpers:
 
 
 # ---------------------------------------------------------------------------------------------
-# Declared but not supported yet: Kafka, connectors
+# Declared but not supported yet: Kafka
 # ---------------------------------------------------------------------------------------------
 
 def _run_worker(app):
@@ -806,24 +806,15 @@ class TestNotSupportedYet:
     def test_not_supported_yet_is_a_parameter_error(self):
         assert issubclass(NotSupportedYet, WallarooParameterError)
 
-    @pytest.mark.parametrize("make_source", [
-        lambda: wallaroo.DefaultKafkaSourceCLIParser(stages.latin1, name="feed"),
-        lambda: __import__("wallaroo.experimental").experimental.SourceConnectorConfig(
-            "feed", stages.as_line, stages.latin1, 0, "cookie", 10, 5),
-    ], ids=["kafka", "connector"])
-    def test_unsupported_source_fails_at_start(self, make_source):
-        p = wallaroo.source("feed", make_source()).to_sink(mem_sink())
+    def test_unsupported_source_fails_at_start(self):
+        source = wallaroo.DefaultKafkaSourceCLIParser(stages.latin1, name="feed")
+        p = wallaroo.source("feed", source).to_sink(mem_sink())
         app = wallaroo.build_application("unsupported", p)
         with pytest.raises(NotSupportedYet, match="not supported"):
             _run_worker(app)
 
-    @pytest.mark.parametrize("make_sink", [
-        lambda: wallaroo.DefaultKafkaSinkCLIParser(stages.as_line),
-        lambda: __import__("wallaroo.experimental").experimental.SinkConnectorConfig(
-            "out", stages.as_line, stages.latin1, 0, "cookie"),
-    ], ids=["kafka", "connector"])
-    def test_unsupported_sink_fails_at_start(self, make_sink):
-        p = iter_source("n", [1]).to_sink(make_sink())
+    def test_unsupported_sink_fails_at_start(self):
+        p = iter_source("n", [1]).to_sink(wallaroo.DefaultKafkaSinkCLIParser(stages.as_line))
         with pytest.raises(NotSupportedYet, match="not supported"):
             _run_worker(wallaroo.build_application("unsupported", p))
 

@@ -422,6 +422,21 @@ cdef class StateOp(Op):
         self.multi = multi
         self.states = {}
 
+    def load_states(self, dict states):
+        """Adopt restored states, ``{key: state}`` (a checkpoint's): taken as they are when
+        this op has none yet.
+
+        Example::
+
+            >>> op = StateOp("count", None, None, list, False)
+            >>> op.load_states({"a": [1]}); op.states
+            {'a': [1]}
+        """
+        if self.states:
+            self.states.update(states)
+        else:
+            self.states = states
+
     cdef int push(self, object value, object key, object group, int64_t t) except -1:
         cdef PyObject *args[2]
         self.processed += 1

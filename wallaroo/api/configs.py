@@ -298,40 +298,93 @@ class KafkaSinkConfig(_NotYetSink):
     feature = "Kafka sinks"
 
 
-class SourceConnectorConfig(_NotYetSource):
-    """A connector-protocol source (``wallaroo.experimental``). Not supported yet.
+class SourceConnectorConfig(SourceConfig):
+    """The worker listens on ``host:port`` for connector-protocol clients
+    (``wallaroo.experimental.AtLeastOnceSourceConnector``, ``send_lines``). Each MESSAGE's
+    payload is decoded by ``decoder`` (bytes as they are when it is None). A client must
+    present ``cookie``; it gets ``max_credits`` credits, topped up once at most
+    ``refill_credits`` are left. ``encoder`` is kept for clients that build their payloads
+    from the config.
 
     Example::
 
-        >>> SourceConnectorConfig("feed", encoder=None, decoder=None, port=7100,
-        ...                       cookie="c", max_credits=10, refill_credits=8).kind
-        'source_connector'
+        >>> cfg = SourceConnectorConfig("feed", encoder=None, decoder=None, port=7100,
+        ...                             cookie="c", max_credits=10, refill_credits=8)
+        >>> cfg.kind, cfg.describe(), cfg.bounded
+        ('source_connector', 'connector://127.0.0.1:7100', False)
+        >>> SourceConnectorConfig("feed", None, None, 7100, "c", 10, 10)
+        Traceback (most recent call last):
+        ...
+        wallaroo.errors.WallarooParameterError: SourceConnectorConfig('feed'): refill_credits (10) must be less than max_credits (10)
     """
 
     kind = "source_connector"
-    feature = "connector-protocol sources"
+    bounded = False
 
     def __init__(self, name, encoder, decoder, port, cookie, max_credits, refill_credits,
                  host="127.0.0.1"):
-        super().__init__(name, encoder=encoder, decoder=decoder, port=port, cookie=cookie,
-                         max_credits=max_credits, refill_credits=refill_credits, host=host)
+        where = f"SourceConnectorConfig({name!r})"
+        if decoder is not None:
+            _check_has(decoder, "decode", where, "decoder")
+        self.name = name
+        self.encoder = encoder
+        self.decoder = decoder
+        self.host = str(host)
+        self.port = _check_port(port, where)
+        self.cookie = self._check_cookie(cookie, where)
+        self.max_credits = self._check_positive(max_credits, "max_credits", where)
+        self.refill_credits = self._check_positive(refill_credits, "refill_credits", where)
+        if self.refill_credits >= self.max_credits:
+            raise WallarooParameterError(
+                f"{where}: refill_credits ({refill_credits}) must be less than max_credits "
+                f"({max_credits})")
+
+    def describe(self) -> str:
+        return f"connector://{self.host}:{self.port}"
+
+    @staticmethod
+    def _check_cookie(cookie, where: str) -> str:
+        if isinstance(cookie, bytes):
+            cookie = cookie.decode("utf-8", "replace")
+        if not isinstance(cookie, str):
+            raise WallarooParameterError(f"{where}: cookie must be a string, got {cookie!r}")
+        return cookie
+
+    @staticmethod
+    def _check_positive(value, name: str, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise WallarooParameterError(f"{where}: {name} must be a positive int, got {value!r}")
+        return value
 
 
-class SinkConnectorConfig(_NotYetSink):
-    """A connector-protocol sink (``wallaroo.experimental``). Not supported yet.
+class SinkConnectorConfig(SinkConfig):
+    """The worker connects to a connector-protocol sink server at ``host:port``
+    (``python -m wallaroo.experimental.sink_server``) and sends ``encode(value)`` bytes; with
+    resilience they are committed with each checkpoint (two-phase commit). ``decoder`` is
+    kept for servers that read the config.
 
     Example::
 
-        >>> SinkConnectorConfig("out", encoder=None, decoder=None, port=7200, cookie="c").kind
-        'sink_connector'
+        >>> import wallaroo
+        >>> cfg = SinkConnectorConfig("out", wallaroo.encoder(str), None, 7200, "c")
+        >>> cfg.kind, cfg.describe()
+        ('sink_connector', 'connector://127.0.0.1:7200')
     """
 
     kind = "sink_connector"
-    feature = "connector-protocol sinks"
 
     def __init__(self, name, encoder, decoder, port, cookie, host="127.0.0.1"):
-        super().__init__(name=name, encoder=encoder, decoder=decoder, port=port, cookie=cookie,
-                         host=host)
+        where = f"SinkConnectorConfig({name!r})"
+        _check_has(encoder, "encode", where, "encoder")
+        self.name = name
+        self.encoder = encoder
+        self.decoder = decoder
+        self.host = str(host)
+        self.port = _check_port(port, where)
+        self.cookie = SourceConnectorConfig._check_cookie(cookie, where)
+
+    def describe(self) -> str:
+        return f"connector://{self.host}:{self.port}"
 
 
 def _kafka_options(args, prefix: str, names: tuple[str, ...]) -> dict:

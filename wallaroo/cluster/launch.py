@@ -69,6 +69,8 @@ async def run_local_member(local: LocalBootstrap, app, options: RunOptions, sour
     except ClusterStopped as exc:
         log.error("%s", exc)
         return 1
+    if member.rolled_back:   # the supervisor starts every worker again
+        return 1
     report_end(result, member.worker.errors.summary())
     return result
 
@@ -109,6 +111,9 @@ async def supervise(argv: list[str], app, options: RunOptions, source_configs: d
     if stats_file:
         summary = merge_summaries([s for s in summaries if s])
         summary["exit_code"] = max(summary["exit_code"], code)   # a lost worker fails the run
+        if options.resilient:
+            summary["checkpoints"] = {**supervisor.checkpoint_summary(),
+                                      "restarts": supervisor.restarts}
         write_stats(stats_file, app.name, summary, time.monotonic() - started)
     return code
 

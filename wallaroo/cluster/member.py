@@ -109,8 +109,9 @@ class Member:
         #: The link to each other worker (``send(record)``), by index; None for this one.
         self.links: list = [None] * placement.count
         self._targets: dict[int, object] = {}
+        # one worker alone needs no exchange: its chains hand batches straight on
         self.worker = Worker(app, options, source_configs, sink_configs, placement,
-                             exchange=self._exchange)
+                             exchange=self._exchange if placement.count > 1 else None)
         self.worker.on_input_done = lambda: self.tell({"type": "input_done"})
         self.worker.on_failed = self._failed
         self.worker.on_stop_requested = lambda: self.tell({"type": "stop_requested"})
@@ -199,20 +200,23 @@ class Member:
         """Snapshot, let input flow again, write the snapshot, and tell the coordinator."""
         checkpointer = self.checkpointer
         try:
-            payload, info = await checkpointer.take(checkpoint_id)
+            writing, info = await checkpointer.take(checkpoint_id)
         except Exception as exc:   # a sink voted against it, or could not be reached
-            payload, why = None, f"{type(exc).__name__}: {exc}"
+            writing, why = None, f"{type(exc).__name__}: {exc}"
         checkpointer.release()
         self.alignment.finish()
         self._run_waiting()
-        if payload is None:
+        if writing is None:
             self.tell({"type": "checkpoint_failed", "id": checkpoint_id, "error": why})
             return
         try:
-            info["bytes"] = await checkpointer.write(checkpoint_id, payload)
+            info["bytes"] = await writing.result()
         except ResilienceDirError as exc:
-            self.tell({"type": "checkpoint_failed", "id": checkpoint_id, "error": str(exc),
-                       "fatal": True})
+            self.tell({"type": "checkpoint_failed", "id": checkpoint_id,
+                       "error": exc.strerror or str(exc), "fatal": True})
+            return
+        except OSError as exc:
+            self.tell({"type": "checkpoint_failed", "id": checkpoint_id, "error": str(exc)})
             return
         self.tell({"type": "checkpointed", "id": checkpoint_id, **info})
 

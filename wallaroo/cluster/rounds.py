@@ -82,6 +82,8 @@ class CheckpointRounds:
         self.last_complete: int | None = None
         self.durations: list[float] = []
         self.sizes: list[int] = []
+        #: Per checkpoint, the longest any worker held its input (seconds).
+        self.stalls: list[float] = []
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self._stopped = False
@@ -144,6 +146,7 @@ class CheckpointRounds:
             self.last_complete = checkpoint_id
             self.durations.append(time.monotonic() - started)
             self.sizes.append(sum(r.get("bytes", 0) for r in replies))
+            self.stalls.append(max(r.get("seconds", 0.0) for r in replies))
             log.debug("checkpoint %d complete in %.0f ms: %d bytes, %d keys", checkpoint_id,
                       self.durations[-1] * 1000, self.sizes[-1],
                       sum(r.get("keys", 0) for r in replies))
@@ -161,9 +164,11 @@ class CheckpointRounds:
         return message.get("type") == "checkpointed"
 
     def summary(self) -> dict:
-        """Checkpoints completed, the last one, median duration (s) and size (bytes)."""
+        """Checkpoints completed, the last one, median duration (s), longest input hold of
+        a worker (s) and size (bytes)."""
         if not self.durations:
             return {"completed": 0}
         return {"completed": len(self.durations), "last": self.last_complete,
                 "median_seconds": statistics.median(self.durations),
+                "median_stall_seconds": statistics.median(self.stalls),
                 "median_bytes": statistics.median(self.sizes)}

@@ -267,6 +267,11 @@ class Supervisor:
             code = max(code, 1)
         return code, summaries
 
+    def checkpoint_summary(self) -> dict:
+        """Checkpoints of the last start of the workers (see CheckpointRounds.summary)."""
+        rounds = self._coordinator.rounds if self._coordinator is not None else None
+        return rounds.summary() if rounds is not None else {"completed": 0}
+
     async def _start_workers(self, ports: dict, held: list) -> Coordinator:
         """Make the rings and control connections and start every worker; their
         coordinator."""

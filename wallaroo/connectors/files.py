@@ -288,8 +288,9 @@ class FileSink(Sink):
         return record
 
     async def commit(self, checkpoint_id: int, record: dict) -> None:
-        """Phase 2: append the checkpoint's segment to the file (the bytes become visible)."""
-        self._apply(record)
+        """Phase 2: append the checkpoint's segment to the file (the bytes become visible), in
+        a thread: output to the next segment goes on meanwhile."""
+        await asyncio.to_thread(self._apply, record)
 
     def _apply(self, record: dict) -> None:
         base, length, segment = record["base"], record["length"], record["segment"]
@@ -300,17 +301,19 @@ class FileSink(Sink):
                     visible.truncate(base + length)
             else:
                 try:
-                    with open(segment, "rb") as pending:
-                        data = pending.read(length)
+                    pending = open(segment, "rb")
                 except FileNotFoundError:
-                    data = b""
-                if size < base or len(data) != length:
+                    pending = None
+                available = os.fstat(pending.fileno()).st_size if pending is not None else 0
+                if size < base or available < length:
+                    if pending is not None:
+                        pending.close()
                     raise OSError(f"sink {self.describe()}: the committed output of a "
-                                  f"checkpoint is missing ({segment} holds {len(data)} of "
+                                  f"checkpoint is missing ({segment} holds {available} of "
                                   f"{length} bytes; the file {size} of {base + length})")
                 visible.truncate(base)
-                visible.seek(base)
-                visible.write(data)
+                with pending:
+                    _copy_range(pending.fileno(), visible.fileno(), length, base)
             visible.flush()
             os.fsync(visible.fileno())
         if os.path.exists(segment):
@@ -325,6 +328,21 @@ class FileSink(Sink):
         self._segments += 1
         self._segment_path = os.path.join(folder, f"{prefix}{os.getpid()}.{self._segments}")
         self._file = open(self._segment_path, "wb")
+
+
+def _copy_range(source_fd: int, target_fd: int, length: int, at: int) -> None:
+    """Copy the first ``length`` bytes of ``source_fd`` to offset ``at`` of ``target_fd``, in
+    the kernel where it can."""
+    done = 0
+    while done < length:
+        try:
+            n = os.copy_file_range(source_fd, target_fd, length - done, done, at + done)
+        except OSError:   # not on this file system: through user space
+            n = os.pwrite(target_fd, os.pread(source_fd, min(length - done, 1 << 24), done),
+                          at + done)
+        if n == 0:
+            raise OSError(f"the pending segment ended after {done} of {length} bytes")
+        done += n
 
 
 class StdoutSink(Sink):

@@ -3,14 +3,15 @@ its sinks, write the snapshot, commit; and restore all of it after a restart.
 
 A checkpoint's snapshot holds, for this worker: the state of every key it owns in every state
 computation and window (by key; a key's group is ``key_group(key)``), every source's position,
-and every transactional sink's phase-1 record. State is pickled on the event loop at the
-barrier (nothing moves meanwhile), then written and fsynced in a thread while processing goes
-on; the checkpoint counts once the coordinator has every worker's acknowledgement.
+and every transactional sink's phase-1 record. State is taken at the barrier (nothing moves
+meanwhile), then pickled and written by a forked child while processing goes on (see
+wallaroo.runtime.snapshot_writer); the checkpoint counts once the coordinator has every
+worker's acknowledgement.
 
 Example (one worker, by hand: a barrier, a commit, and a restore into a fresh worker)::
 
     >>> import asyncio, tempfile, wallaroo
-    >>> from wallaroo.runtime.checkpoint_store import CheckpointError, CheckpointStore
+    >>> from wallaroo.runtime.checkpoint_store import CheckpointStore
     >>> from wallaroo.runtime.worker import Worker
     >>> count = wallaroo.state_computation(name="count", state=list)(
     ...     lambda word, seen: seen.append(word) or len(seen))
@@ -24,9 +25,9 @@ Example (one worker, by hand: a barrier, a commit, and a restore into a fresh wo
     ...     worker.stateful_ops()[0].states.update({"a": ["a", "a"]})
     ...     saver = Checkpointer(worker, store)
     ...     saver.begin(1)
-    ...     payload, info = await saver.take(1)
+    ...     writing, info = await saver.take(1)
     ...     saver.release()
-    ...     _ = await saver.write(1, payload)
+    ...     _ = await writing.result()
     ...     await saver.commit(1)
     ...     fresh = Worker(app)
     ...     restored = await Checkpointer(fresh, store).restore(1)
@@ -37,12 +38,14 @@ Example (one worker, by hand: a barrier, a commit, and a restore into a fresh wo
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import pickle
 import time
 
 from wallaroo._core.windows import WindowOp
 from wallaroo.runtime.checkpoint_store import CheckpointError, CheckpointStore
+from wallaroo.runtime.snapshot_writer import start_write
 
 log = logging.getLogger("wallaroo")
 
@@ -74,27 +77,24 @@ class Checkpointer:
         self._positions = {ctx.name: source.position()
                            for ctx, source in zip(worker.source_contexts, worker.sources)}
 
-    async def take(self, checkpoint_id: int) -> tuple[bytes, dict]:
-        """Every input is aligned: snapshot the state and run the sinks' phase 1. The
-        snapshot's bytes (for ``write``) and what it holds: ``keys``, ``seconds`` taken."""
+    async def take(self, checkpoint_id: int) -> tuple:
+        """Every input is aligned: run the sinks' phase 1 and start writing the snapshot of
+        the state as it is now (see wallaroo.runtime.snapshot_writer). The write in progress
+        (``await writing.result()`` gives its size) and what it holds: ``keys``, ``seconds``
+        the worker stood still."""
         started = time.perf_counter()
         worker = self.worker
         states = {op.name: _state_of(op) for op in worker.stateful_ops()}
         records = []
         for sink in worker.sinks:
             records.append(await sink.prepare(checkpoint_id) if sink.transactional else None)
-        payload = pickle.dumps({"checkpoint": checkpoint_id, "worker": worker.placement.name,
-                                "key_groups": worker.options.key_groups, "states": states,
-                                "sources": self._positions, "sinks": records},
-                               protocol=pickle.HIGHEST_PROTOCOL)
+        writing = start_write(self.store, checkpoint_id, {
+            "checkpoint": checkpoint_id, "worker": worker.placement.name,
+            "key_groups": worker.options.key_groups, "states": states,
+            "sources": self._positions, "sinks": records})
         self._pending[checkpoint_id] = (records, self._positions)
-        return payload, {"keys": sum(len(s) for s in states.values()),
+        return writing, {"keys": sum(len(s) for s in states.values()),
                          "seconds": time.perf_counter() - started}
-
-    async def write(self, checkpoint_id: int, payload: bytes) -> int:
-        """Write the snapshot durably (in a thread: input flows meanwhile); its size.
-        ResilienceDirError if the directory cannot take it."""
-        return await asyncio.to_thread(self.store.write, checkpoint_id, payload)
 
     def release(self) -> None:
         """Let input flow again (what sources emitted meanwhile goes on first)."""
@@ -107,7 +107,7 @@ class Checkpointer:
     async def commit(self, checkpoint_id: int) -> None:
         """Every worker has ``checkpoint_id``: record it durably, make the sinks' output of it
         visible (phase 2), tell the sources, forget older checkpoints."""
-        self.store.mark_committed(checkpoint_id)
+        await asyncio.to_thread(self.store.mark_committed, checkpoint_id)
         records, positions = self._pending.pop(checkpoint_id, ([], {}))
         for older in [n for n in self._pending if n < checkpoint_id]:
             del self._pending[older]
@@ -117,7 +117,7 @@ class Checkpointer:
         for ctx, source in zip(self.worker.source_contexts, self.worker.sources):
             if ctx.name in positions:
                 source.checkpoint_complete(positions[ctx.name])
-        self.store.prune()
+        await asyncio.to_thread(self.store.prune)
 
     # -- after a restart ------------------------------------------------------------------
 
@@ -159,16 +159,19 @@ class Checkpointer:
             return {"checkpoint": None, "keys": 0, "bytes": 0,
                     "seconds": time.perf_counter() - started}
         raw = self.store.read(checkpoint_id)
-        snapshot = pickle.loads(raw)
+        collecting = gc.isenabled()
+        gc.disable()   # a million new objects would trigger collections that find nothing
+        try:
+            snapshot = pickle.loads(raw)
+        finally:
+            if collecting:
+                gc.enable()
         keys = 0
         for op in worker.stateful_ops():
             state = snapshot["states"].get(op.name)
             if state:
                 keys += len(state)
-                if isinstance(op, WindowOp):
-                    op.load_states(state)
-                else:
-                    op.states.update(state)
+                op.load_states(state)
         for ctx, source in zip(worker.source_contexts, worker.sources):
             position = snapshot["sources"].get(ctx.name)
             if position is not None:

@@ -33,6 +33,7 @@ from wallaroo._core.hashing import DEFAULT_KEY_GROUPS, key_group
 from wallaroo._core.histogram import Histogram
 from wallaroo._core.windows import CountWindowOp, RangeWindowOp, SessionWindowOp, WindowOp
 from wallaroo.connectors.base import Sink
+from wallaroo.connectors.connector import ConnectorSink, ConnectorSource
 from wallaroo.connectors.files import FileSink, FileSource, StdoutSink
 from wallaroo.connectors.generated import GenSource, IterSource
 from wallaroo.connectors.memory import CollectingSink
@@ -46,8 +47,10 @@ from wallaroo.runtime.progress import ProgressReporter
 
 log = logging.getLogger("wallaroo")
 
-SOURCES = {"tcp": TCPSource, "file": FileSource, "gen": GenSource, "iter": IterSource}
-SINKS = {"tcp": TCPSink, "file": FileSink, "stdout": StdoutSink, "memory": CollectingSink}
+SOURCES = {"tcp": TCPSource, "file": FileSource, "gen": GenSource, "iter": IterSource,
+           "source_connector": ConnectorSource}
+SINKS = {"tcp": TCPSink, "file": FileSink, "stdout": StdoutSink, "memory": CollectingSink,
+         "sink_connector": ConnectorSink}
 #: How often (seconds) ingest-time watermarks advance and windows check idle inputs and timeouts.
 TICK_SECONDS = 0.1
 #: The longest idle timeout (seconds) a run takes: a year.
@@ -232,6 +235,7 @@ class SinkContext:
         #: Other workers write to the same standard output.
         self.shares_output = not worker.placement.alone
         self.worker_name = worker.placement.name
+        self.app_name = worker.app.name
         #: With resilience on, transactional sinks commit in two phases.
         self.resilient = worker.options.resilient
 
