@@ -14,6 +14,7 @@ import sys
 
 from wallaroo._core.frames import FrameError, FrameReader, LineReader
 from wallaroo.connectors.base import READ_SIZE, Sink, Source
+from wallaroo.connectors.forked import start_in_child
 
 
 class FileSource(Source):
@@ -289,8 +290,9 @@ class FileSink(Sink):
 
     async def commit(self, checkpoint_id: int, record: dict) -> None:
         """Phase 2: append the checkpoint's segment to the file (the bytes become visible), in
-        a thread: output to the next segment goes on meanwhile."""
-        await asyncio.to_thread(self._apply, record)
+        a forked child (see wallaroo.connectors.forked): output to the next segment goes on
+        meanwhile."""
+        await start_in_child(self._apply, record).result()
 
     def _apply(self, record: dict) -> None:
         base, length, segment = record["base"], record["length"], record["segment"]

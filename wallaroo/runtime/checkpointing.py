@@ -5,7 +5,7 @@ A checkpoint's snapshot holds, for this worker: the state of every key it owns i
 computation and window (by key; a key's group is ``key_group(key)``), every source's position,
 and every transactional sink's phase-1 record. State is taken at the barrier (nothing moves
 meanwhile), then pickled and written by a forked child while processing goes on (see
-wallaroo.runtime.snapshot_writer); the checkpoint counts once the coordinator has every
+wallaroo.connectors.forked); the checkpoint counts once the coordinator has every
 worker's acknowledgement.
 
 Example (one worker, by hand: a barrier, a commit, and a restore into a fresh worker)::
@@ -45,7 +45,7 @@ import time
 
 from wallaroo._core.windows import WindowOp
 from wallaroo.runtime.checkpoint_store import CheckpointError, CheckpointStore
-from wallaroo.runtime.snapshot_writer import start_write
+from wallaroo.connectors.forked import start_in_child
 
 log = logging.getLogger("wallaroo")
 
@@ -79,7 +79,7 @@ class Checkpointer:
 
     async def take(self, checkpoint_id: int) -> tuple:
         """Every input is aligned: run the sinks' phase 1 and start writing the snapshot of
-        the state as it is now (see wallaroo.runtime.snapshot_writer). The write in progress
+        the state as it is now (see wallaroo.connectors.forked). The write in progress
         (``await writing.result()`` gives its size) and what it holds: ``keys``, ``seconds``
         the worker stood still."""
         started = time.perf_counter()
@@ -88,7 +88,7 @@ class Checkpointer:
         records = []
         for sink in worker.sinks:
             records.append(await sink.prepare(checkpoint_id) if sink.transactional else None)
-        writing = start_write(self.store, checkpoint_id, {
+        writing = start_in_child(_write_snapshot, self.store, checkpoint_id, {
             "checkpoint": checkpoint_id, "worker": worker.placement.name,
             "key_groups": worker.options.key_groups, "states": states,
             "sources": self._positions, "sinks": records})
@@ -107,7 +107,7 @@ class Checkpointer:
     async def commit(self, checkpoint_id: int) -> None:
         """Every worker has ``checkpoint_id``: record it durably, make the sinks' output of it
         visible (phase 2), tell the sources, forget older checkpoints."""
-        await asyncio.to_thread(self.store.mark_committed, checkpoint_id)
+        self.store.mark_committed(checkpoint_id)   # a few bytes: at once
         records, positions = self._pending.pop(checkpoint_id, ([], {}))
         for older in [n for n in self._pending if n < checkpoint_id]:
             del self._pending[older]
@@ -117,7 +117,7 @@ class Checkpointer:
         for ctx, source in zip(self.worker.source_contexts, self.worker.sources):
             if ctx.name in positions:
                 source.checkpoint_complete(positions[ctx.name])
-        await asyncio.to_thread(self.store.prune)
+        self.store.prune()
 
     # -- after a restart ------------------------------------------------------------------
 
@@ -182,6 +182,11 @@ class Checkpointer:
         self.store.mark_committed(checkpoint_id)
         return {"checkpoint": checkpoint_id, "keys": keys, "bytes": len(raw),
                 "seconds": time.perf_counter() - started}
+
+
+def _write_snapshot(store: CheckpointStore, checkpoint_id: int, snapshot: dict) -> int:
+    """Pickle and write a snapshot durably (in the forked child); its size."""
+    return store.write(checkpoint_id, pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _state_of(op) -> dict:
