@@ -37,7 +37,6 @@ Example (one worker, by hand: a barrier, a commit, and a restore into a fresh wo
 """
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import pickle
