@@ -42,6 +42,8 @@ ANSWER_TIMEOUT = 10.0
 LINK_LOSS_GRACE = 2.0
 #: Seconds beyond --flush-timeout a worker may take to report once told to finish.
 FINISH_GRACE = 10.0
+#: Seconds the workers have to end after a rollback before they are stopped regardless.
+ROLLBACK_GRACE = 1.0
 
 
 @dataclass(eq=False)
@@ -377,18 +379,20 @@ class Coordinator:
     async def _wait_done(self) -> None:
         """Wait for every worker's summary: each flushes its sinks for up to --flush-timeout;
         one that takes much longer is given up on (the run fails)."""
-        deadline = asyncio.get_running_loop().time() + self.flush_timeout + FINISH_GRACE
+        # after a rollback the workers are restarted anyway: wait only for a prompt goodbye
+        grace = ROLLBACK_GRACE if self.rollback else self.flush_timeout + FINISH_GRACE
+        deadline = asyncio.get_running_loop().time() + grace
         while not all(m.done is not None or m.lost for m in self.members):
             left = deadline - asyncio.get_running_loop().time()
             try:
                 kind, member, message = await asyncio.wait_for(self._events.get(), max(left, 0))
             except asyncio.TimeoutError:
-                late = [m.name for m in self.members if m.done is None and not m.lost]
-                self.failure = self.failure or f"worker(s) {', '.join(late)} did not finish"
-                log.error("%s within %g s of the end", self.failure,
-                          self.flush_timeout + FINISH_GRACE)
+                if not self.rollback:
+                    late = [m.name for m in self.members if m.done is None and not m.lost]
+                    self.failure = self.failure or f"worker(s) {', '.join(late)} did not finish"
+                    log.error("%s within %g s of the end", self.failure, grace)
                 return
-            if kind in ("lost", "failed") and self.failure is None:
+            if kind in ("lost", "failed") and self.failure is None and not self.rollback:
                 # while finishing too: a worker that dies before it has flushed loses output
                 await self._member_failed(member, message)
             elif kind == "stop_requested" and self._repeated_stop(member):

@@ -54,7 +54,8 @@ async def run_local_member(local: LocalBootstrap, app, options: RunOptions, sour
             source_configs[node.name] = TCPSourceConfig(config.name, config.host,
                                                         local.source_ports[node.name],
                                                         config.decoder, max_size=config.max_size)
-    placement = Placement(local.index, local.count, worker_name(local.index), options.key_groups)
+    placement = Placement(local.index, local.count, worker_name(local.index), options.key_groups,
+                          shared_ports=True)
     # Ctrl-C reaches the whole process group: the supervisor alone decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = await control_connection(local.control_fd)

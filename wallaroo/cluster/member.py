@@ -270,6 +270,7 @@ class Member:
         if on_started is not None:
             on_started(worker)
         control = asyncio.get_running_loop().create_task(self._serve_control())
+        control.add_done_callback(self._control_ended)
         await self._finish.wait()
         for link in self.links:
             if link is not None:
@@ -287,6 +288,12 @@ class Member:
             control.cancel()
         self.writer.close()
         return result
+
+    def _control_ended(self, task: asyncio.Task) -> None:
+        """The control loop must not die quietly: an engine fault in it fails this worker."""
+        if not task.cancelled() and task.exception() is not None:
+            self.worker.crash(task.exception())
+            self._finish.set()
 
     async def _next(self) -> dict:
         try:

@@ -17,6 +17,12 @@ from wallaroo.connectors.base import READ_SIZE, Sink, Source
 from wallaroo.connectors.forked import start_in_child
 
 
+#: Bytes of a read handed to the dataflow at once: the event loop (control messages, a
+#: checkpoint's barrier) gets a turn between two of them, and a source's position is exact
+#: at each.
+FEED_SIZE = 32 * 1024
+
+
 class FileSource(Source):
     """Reads a file once: text lines (str) without a decoder, frames with one.
 
@@ -110,24 +116,27 @@ class FileSource(Source):
 
         with handle:
             while True:
-                await self.ctx.flow.wait_open()
                 chunk = handle.read(READ_SIZE)
                 if not chunk:
                     break
-                self._read += len(chunk)
-                try:
-                    values = reader.feed(chunk)
-                except FrameError as exc:  # a header the decoder cannot read: stop here
-                    rest = mine(exc.frames)
-                    if rest:
-                        self.ctx.emit(rest)
-                    if index == 0:   # every worker finds it: the first reports it
-                        self.ctx.bad_input("frame", exc.header, exc)
-                    return
-                values = mine(values)
-                if values and not self.ctx.emit(values):
-                    return
-                await asyncio.sleep(0)
+                view = memoryview(chunk)
+                for start in range(0, len(chunk), FEED_SIZE):
+                    await self.ctx.flow.wait_open()
+                    piece = view[start:start + FEED_SIZE]
+                    self._read += len(piece)
+                    try:
+                        values = reader.feed(piece)
+                    except FrameError as exc:  # a header the decoder cannot read: stop here
+                        rest = mine(exc.frames)
+                        if rest:
+                            self.ctx.emit(rest)
+                        if index == 0:   # every worker finds it: the first reports it
+                            self.ctx.bad_input("frame", exc.header, exc)
+                        return
+                    values = mine(values)
+                    if values and not self.ctx.emit(values):
+                        return
+                    await asyncio.sleep(0)
         if isinstance(reader, LineReader):
             rest = reader.finish()
             if rest:
@@ -257,9 +266,10 @@ class FileSink(Sink):
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
-        if self.transactional and self._segment_path is not None:
-            if os.path.getsize(self._segment_path) == 0:   # nothing uncommitted: no trace
-                os.unlink(self._segment_path)
+        segment, self._segment_path = self._segment_path, None
+        if self.transactional and segment is not None and os.path.exists(segment):
+            if os.path.getsize(segment) == 0:   # nothing uncommitted: no trace
+                os.unlink(segment)
 
     # -- two-phase commit (resilience on) -------------------------------------------------
 

@@ -37,6 +37,9 @@ class Placement:
     count: int = 1
     name: str = "initializer"
     key_groups: int = DEFAULT_KEY_GROUPS
+    #: Its TCP sources listen on ports a supervisor reserved (with SO_REUSEPORT), so they
+    #: bind with SO_REUSEPORT too, even with one worker.
+    shared_ports: bool = False
 
     @property
     def alone(self) -> bool:

@@ -125,7 +125,7 @@ class SourceContext:
         #: (a file's byte ranges) reads share ``index`` of ``count``.
         self.share = (placement.index, placement.count)
         #: Local workers all accept on a TCP source's address (SO_REUSEPORT).
-        self.reuse_port = not placement.alone
+        self.reuse_port = not placement.alone or placement.shared_ports
         self.key = node.name
         self.group = key_group(node.name, worker.options.key_groups)
         #: With event time taken from the values, the watermark comes from the extractor;
@@ -261,6 +261,19 @@ class AbsentSource:
 
     def progress(self) -> tuple[int, int | None]:
         return (0, 0)
+
+    def position(self):
+        """Nothing is read here: nothing to go back to."""
+        return None
+
+    def restore(self, position) -> None:
+        pass
+
+    def checkpoint_complete(self, position) -> None:
+        pass
+
+    def announce_restart(self) -> None:
+        pass
 
 
 class Worker:
