@@ -132,6 +132,35 @@ class Scaling:
     track_two_workers_over_one.unit = "ratio"
 
 
+class Resilience:
+    """Throughput with checkpoints every second over none (``wallaroo-run`` on files, one
+    worker; median of 3 rounds each; see ``run_resilience`` in benchmarks/compare.py)."""
+
+    params = ["word_count", "keyed_sum"]
+    param_names = ["workload"]
+    timeout = 900
+    number = 1
+    repeat = 1
+
+    def setup(self, name):
+        from .compare import Case
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="wallaroo-asv-")
+        # three times the runner's size: a run spans several checkpoints, and the last one
+        # (which commits every output before the run ends) weighs less
+        self.case = Case(WORKLOADS[name], 3 * WORKLOADS[name].size, Path(self.tmp.name))
+
+    def teardown(self, name):
+        self.tmp.cleanup()
+
+    def track_with_checkpoints_over_without(self, name):
+        from .compare import run_resilience
+
+        return run_resilience(self.case, 1.0, 3)["ratio"]
+
+    track_with_checkpoints_over_without.unit = "ratio"
+
+
 class StateMemory:
     """Bytes of state per key (tracemalloc, runs with 2K and K keys; K = 20,000)."""
 

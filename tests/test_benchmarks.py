@@ -68,6 +68,25 @@ def test_runner_smoke_scaling_checks_every_worker_count(tmp_path: Path) -> None:
     assert figures[0]["speedup"] == 1.0
 
 
+def test_runner_smoke_resilience_checks_output_and_counts_checkpoints(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    done = run_compare("--smoke", "--rounds", "1", "--scale", "0.02", "--state-keys", "0",
+                       "--modes", "none", "--resilience", "0.05", "--resilience-workloads",
+                       "keyed_sum", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    [figure] = json.loads(out.read_text())["resilience"]
+    assert figure["workload"] == "keyed_sum" and figure["off_rate"] > 0 and figure["on_rate"] > 0
+    assert figure["checkpoints"] >= 1 and figure["checkpoint_bytes"] > 0
+
+
+def test_recovery_benchmark_measures_a_kill_and_a_restore() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.recovery", "--keys", "20000",
+                           "--rounds", "1", "--timeout", "60"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "kill -9 to processing" in done.stdout and "(20,000 keys)" in done.stdout, done.stdout
+
+
 def test_runner_refuses_fewer_than_three_rounds_without_smoke() -> None:
     done = run_compare("--rounds", "1", "word_count")
     assert done.returncode == 2

@@ -28,7 +28,7 @@ from random import Random
 
 import pytest
 
-from support.net import HOST, frame
+from support.net import HOST, frame, free_ports
 from support.processes import STARTUP_RE, WALLAROO, WALLAROO_RUN, Proc, app_env
 from wallaroo.cluster.auth import SECRET_ENV
 
@@ -47,21 +47,6 @@ LINE_RE = re.compile(r"^(?P<word>\S+) => (?P<count>\d+)$")
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports of 127.0.0.1 that were free a moment ago (all bound at once,
-    then closed)."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((HOST, 0))
-            socks.append(sock)
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
 
 def clean_env(**extra: str) -> dict[str, str]:
     """app_env() without a cluster secret from the caller's environment, plus ``extra``."""
@@ -256,8 +241,9 @@ def test_three_workers_count_words_of_a_file(tmp_path, processes):
     joined = [m for line in init.stderr_lines
               if (m := re.match(r"^wallaroo: worker '(\S+)' joined", line))]
     assert sorted(m[1] for m in joined) == sorted(NAMES), init.stderr
-    order = [m[1] for m in joined]
-    topology = ["initializer"] + [n for n in order if n != "initializer"]   # initializer is 0
+    # the initializer is 0, the others by name (whatever order they joined in), so that a
+    # worker restarted with the same command line gets the same index
+    topology = ["initializer"] + sorted(m[1] for m in joined if m[1] != "initializer")
     init.wait_stderr(rf"^wallaroo: cluster ready: 3 workers \({', '.join(topology)}\)$", 0)
     for name, proc in cluster.procs.items():
         index = topology.index(name)

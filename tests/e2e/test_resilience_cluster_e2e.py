@@ -16,13 +16,12 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from support.net import HOST
+from support.net import HOST, free_ports
 from support.processes import WALLAROO_RUN, Proc, app_env
 from wallaroo.cluster.auth import SECRET_ENV
 
@@ -31,19 +30,6 @@ from test_resilience_e2e import committed_lines, diff_summary, model_word_count,
 NAMES = ("initializer", "w1", "w2")
 INTERVAL_NS = 150_000_000
 TIMEOUT = 45.0
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((HOST, 0))
-            socks.append(sock)
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def env() -> dict[str, str]:

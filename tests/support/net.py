@@ -18,6 +18,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports of 127.0.0.1 that were free a moment ago (all bound at once,
+    then closed)."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((HOST, 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def frame(text: str) -> bytes:
     """``text`` in UTF-8 behind a u32 big-endian length header."""
     data = text.encode("utf-8")

@@ -299,6 +299,44 @@ cdef class WindowOp(Op):
         for key, state in states.items():
             self.restore_state(key, state)
 
+    def dump_progress(self):
+        """How far this op has got (a checkpoint holds it with the open windows): its
+        watermark, the windows already fired, and each input's watermark, by origin.
+
+        Example::
+
+            >>> from wallaroo._core.chain import Batch
+            >>> class Count:
+            ...     def initial_accumulator(self): return [0]
+            ...     def update(self, v, acc): acc[0] += 1
+            ...     def combine(self, a, b): return [a[0] + b[0]]
+            ...     def output(self, key, acc): return acc[0]
+            >>> a = RangeWindowOp("n", Count(), False, None, [0], 10**12, 10, 10, 0, "drop")
+            >>> a.process(Batch([1, 1], keys=["k", "k"], groups=[0, 0], event_times=[3, 15],
+            ...                 origin=0)).values
+            [1]
+            >>> b = RangeWindowOp("n", Count(), False, None, [0], 10**12, 10, 10, 0, "drop")
+            >>> b.load_progress(a.dump_progress()); b.load_states(a.dump_states())
+            >>> b.process(Batch([1], keys=["k"], groups=[0], event_times=[4], origin=0)).values, b.late
+            ([], 1)
+        """
+        return {"watermark": self.watermark, "frontier": self.frontier,
+                "promised": self.promised, "highest_seen": self.highest_seen,
+                "inputs": {origin: self.input_marks[i] for origin, i in self.input_index.items()}}
+
+    def load_progress(self, progress):
+        """Take up where ``dump_progress`` left off (before ``load_states``)."""
+        cdef int64_t now = time.monotonic_ns()
+        self.watermark = progress["watermark"]
+        self.frontier = progress["frontier"]
+        self.promised = progress["promised"]
+        self.highest_seen = progress["highest_seen"]
+        for origin, mark in progress["inputs"].items():
+            i = self.input_index.get(origin)
+            if i is not None:
+                self.input_marks[<Py_ssize_t>i] = mark
+                self.last_heard[<Py_ssize_t>i] = now
+
     # -- shared helpers -----------------------------------------------------------------------
 
     cdef int emit(self, object key, object group, object acc, int64_t start, int64_t end,
@@ -364,6 +402,7 @@ cdef class RangeWindowOp(WindowOp):
     cdef dict keys_of_pane      # pane index -> {key: key group}, in order of arrival
     cdef list live_panes        # pane indexes with data, sorted
     cdef int64_t next_window    # no window before this index is still to fire
+    cdef object pane_order      # a restored checkpoint's order of keys in each pane
 
     def __init__(self, str name, agg, bint with_window, errors, list inputs, int64_t idle_ns,
                  int64_t range_ns, int64_t slide, int64_t delay, str policy, window_inputs=()):
@@ -376,6 +415,7 @@ cdef class RangeWindowOp(WindowOp):
         self.panes_of_key = {}
         self.keys_of_pane = {}
         self.live_panes = []
+        self.pane_order = None
         # no window has fired yet: not even one reaching back before the earliest event time
         self.next_window = floor_div(NO_WATERMARK - range_ns, slide)
 
@@ -517,6 +557,26 @@ cdef class RangeWindowOp(WindowOp):
                 del self.keys_of_pane[pane]
                 self.live_panes.remove(pane)
         return (group, panes)
+
+    def dump_progress(self):
+        progress = WindowOp.dump_progress(self)
+        progress["next_window"] = self.next_window
+        # the order keys reached each pane is the order a window fires them in
+        progress["pane_keys"] = {pane: list(keys) for pane, keys in self.keys_of_pane.items()}
+        return progress
+
+    def load_progress(self, progress):
+        WindowOp.load_progress(self, progress)
+        self.next_window = progress["next_window"]
+        self.pane_order = progress["pane_keys"]
+
+    def load_states(self, states):
+        WindowOp.load_states(self, states)
+        order, self.pane_order = self.pane_order, None
+        for pane, keys in (order or {}).items():
+            placed = self.keys_of_pane.get(pane)
+            if placed is not None:
+                self.keys_of_pane[pane] = {key: placed[key] for key in keys if key in placed}
 
     def dump_states(self):
         panes_of_key = self.panes_of_key

@@ -45,9 +45,17 @@ def choose_restore(surveys: list[tuple[str, dict]]) -> tuple[int | None, int]:
     """
     committed = max((s.get("committed") or 0 for _, s in surveys), default=0)
     highest = max((s.get("highest") or 0 for _, s in surveys), default=0)
+    readable = set.intersection(*(set(s.get("readable") or ()) for _, s in surveys)) \
+        if surveys else set()
     if committed == 0:
-        return None, highest + 1
-    readable = set.intersection(*(set(s.get("readable") or ()) for _, s in surveys))
+        if not any(s.get("committed_damaged") for _, s in surveys):
+            return None, highest + 1    # no checkpoint ever completed: a fresh start
+        # Every record of the last complete checkpoint is damaged: a snapshot that every
+        # worker wrote had every sink's vote (a worker writes it only after its phase 1),
+        # so the newest of them may be restored.
+        log.warning("the record of the last complete checkpoint is damaged on every worker "
+                    "that has one; restoring the newest checkpoint every worker has")
+        committed = highest
     candidates = [n for n in readable if n <= committed]
     for name, survey in surveys:
         for n, why in (survey.get("damaged") or {}).items():

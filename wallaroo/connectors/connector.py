@@ -617,12 +617,14 @@ class ConnectorSink(Sink):
         try:
             await asyncio.wait_for(self._flush(), timeout)
             return True
-        except (asyncio.TimeoutError, ConnectorError) as exc:
-            left = self._offset - (self._prepared_to if self.resilient else self._committed_to)
-            log.error("sink %s: output not confirmed within %.0f s (%s); %d bytes in doubt (is "
-                      "the sink server running?)", self.describe(), timeout,
-                      exc or "timed out", left)
-            return False
+        except asyncio.TimeoutError:
+            why = f"not confirmed within {timeout:.0f} s"
+        except ConnectorError as exc:
+            why = f"not confirmed: {exc}"
+        left = self._offset - (self._prepared_to if self.resilient else self._committed_to)
+        log.error("sink %s: output %s; %d bytes in doubt (is the sink server running?)",
+                  self.describe(), why, left)
+        return False
 
     async def _flush(self) -> None:
         while True:

@@ -291,6 +291,7 @@ class FileSink(Sink):
         start the next segment; the record that ``commit`` (or a recovery) applies."""
         self._file.flush()
         os.fsync(self._file.fileno())
+        fsync_dir(os.path.dirname(self._segment_path))   # the segment's name is durable too
         length = self._file.tell()
         self._file.close()
         record = {"segment": self._segment_path, "base": self._committed, "length": length}
@@ -340,6 +341,21 @@ class FileSink(Sink):
         self._segments += 1
         self._segment_path = os.path.join(folder, f"{prefix}{os.getpid()}.{self._segments}")
         self._file = open(self._segment_path, "wb")
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or a new file in directory ``path`` durable.
+
+    Example::
+
+        >>> import tempfile
+        >>> fsync_dir(tempfile.mkdtemp())
+    """
+    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _copy_range(source_fd: int, target_fd: int, length: int, at: int) -> None:

@@ -33,6 +33,7 @@ import struct
 import sys
 import zlib
 
+from wallaroo.connectors.files import fsync_dir
 from wallaroo.connectors.connector_wire import (
     NOTHING, VERSION, Eos, Error, FrameDecoder, Hello, ListUncommitted, Message, Notify,
     NotifyAck, Ok, Phase1, Phase2, ProtocolError, Reply, ReplyUncommitted, WorkersLeft, encode)
@@ -44,14 +45,6 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _RANGE = struct.Struct(">QQQ")
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _short(text: str) -> bytes:
@@ -117,8 +110,8 @@ class TxnLog:
         new_out = not os.path.exists(out_path)
         self._out = open(out_path, "ab")
         if new_log or new_out:
-            _fsync_dir(self.path)
-            _fsync_dir(out_path)
+            fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+            fsync_dir(os.path.dirname(os.path.abspath(out_path)))
         size = os.fstat(self._out.fileno()).st_size
         if self.out_end is None:
             self.out_end = size

@@ -30,6 +30,8 @@ import shutil
 import struct
 import zlib
 
+from wallaroo.connectors.files import fsync_dir
+
 log = logging.getLogger("wallaroo")
 
 MAGIC = b"WLRCKPT1"
@@ -183,9 +185,14 @@ class CheckpointStore:
         except OSError as exc:
             raise _dir_error(self.path, exc) from None
 
+    def has_committed_record(self) -> bool:
+        """Whether a record of a complete checkpoint exists (damaged or not)."""
+        return os.path.exists(os.path.join(self.path, "committed"))
+
     def committed(self) -> int | None:
         """The last checkpoint this worker knows complete, or None (none yet, or its record is
-        damaged: then the snapshots decide, see ``latest_readable``)."""
+        damaged: see ``has_committed_record``; the coordinator then lets the snapshots every
+        worker holds decide, see wallaroo.cluster.rounds.choose_restore)."""
         try:
             with open(os.path.join(self.path, "committed"), "rb") as handle:
                 data = handle.read()
@@ -215,15 +222,6 @@ def _write_durably(path: str, *parts: bytes) -> None:
     os.close(fd)
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path))
-
-
-def fsync_dir(path: str) -> None:
-    """Make a rename or a new file in directory ``path`` durable."""
-    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: str) -> None:

@@ -84,13 +84,15 @@ class Checkpointer:
         started = time.perf_counter()
         worker = self.worker
         states = {op.name: _state_of(op) for op in worker.stateful_ops()}
+        progress = {op.name: op.dump_progress() for op in worker.stateful_ops()
+                    if isinstance(op, WindowOp)}
         records = []
         for sink in worker.sinks:
             records.append(await sink.prepare(checkpoint_id) if sink.transactional else None)
         writing = start_in_child(_write_snapshot, self.store, checkpoint_id, {
             "checkpoint": checkpoint_id, "worker": worker.placement.name,
             "key_groups": worker.options.key_groups, "states": states,
-            "sources": self._positions, "sinks": records})
+            "progress": progress, "sources": self._positions, "sinks": records})
         self._pending[checkpoint_id] = (records, self._positions)
         return writing, {"keys": sum(len(s) for s in states.values()),
                          "seconds": time.perf_counter() - started}
@@ -131,7 +133,7 @@ class Checkpointer:
             >>> store = CheckpointStore(tempfile.mkdtemp(), "app", "w0"); store.open()
             >>> _ = store.write(4, b"x"); store.mark_committed(4)
             >>> Checkpointer(None, store).survey()
-            {'committed': 4, 'readable': [4], 'damaged': {}, 'highest': 4}
+            {'committed': 4, 'readable': [4], 'damaged': {}, 'committed_damaged': False, 'highest': 4}
         """
         readable, damaged = [], {}
         for n in self.store.ids():
@@ -142,6 +144,7 @@ class Checkpointer:
                 damaged[n] = str(exc)
         committed = self.store.committed()
         return {"committed": committed, "readable": readable, "damaged": damaged,
+                "committed_damaged": committed is None and self.store.has_committed_record(),
                 "highest": max([*readable, *damaged, committed or 0], default=0)}
 
     async def restore(self, checkpoint_id: int | None) -> dict:
@@ -167,6 +170,8 @@ class Checkpointer:
                 gc.enable()
         keys = 0
         for op in worker.stateful_ops():
+            if op.name in snapshot["progress"]:   # a window: its watermark first
+                op.load_progress(snapshot["progress"][op.name])
             state = snapshot["states"].get(op.name)
             if state:
                 keys += len(state)
