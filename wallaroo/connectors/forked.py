@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import os
 import pickle
@@ -26,6 +27,7 @@ import signal
 
 #: Whether the work runs in a forked child (else in a thread).
 FORK = hasattr(os, "fork")
+_PR_SET_PDEATHSIG = 1
 
 
 def start_in_child(fn, *args):
@@ -50,9 +52,11 @@ class _Child:
 
     def __init__(self, fn, args):
         read_fd, write_fd = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:   # the child: never returns
-            os.close(read_fd)
+            _leave_only(write_fd)
+            _die_with(parent)
             _run_and_exit(fn, args, write_fd)
         os.close(write_fd)
         self.pid = pid
@@ -85,6 +89,24 @@ class _Child:
         if ok:
             return value
         raise value
+
+
+def _leave_only(report_fd: int) -> None:
+    """In the child: close every file the worker had open but the standard streams and the
+    report pipe, so that a worker killed meanwhile leaves no socket or file held open."""
+    os.closerange(3, report_fd)
+    os.closerange(report_fd + 1, os.sysconf("SC_OPEN_MAX"))
+
+
+def _die_with(parent: int) -> None:
+    """In the child: be killed when the worker dies (Linux), and end now if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):   # not Linux: the child ends when its work is done
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _run_and_exit(fn, args, report_fd: int) -> None:

@@ -64,6 +64,7 @@ class Checkpointer:
         self.worker = worker
         self.store = store
         self._positions: dict = {}
+        self._began = 0.0
         #: Phase-1 records and source positions of checkpoints taken but not yet committed.
         self._pending: dict[int, tuple[list, dict]] = {}
 
@@ -71,6 +72,7 @@ class Checkpointer:
         """The barrier of ``checkpoint_id`` reached this worker: close the source gate (what a
         source emits from now on waits until ``release``) and take every source's position."""
         worker = self.worker
+        self._began = time.perf_counter()
         worker.flow.block(BARRIER)
         worker.barrier_pending = True
         self._positions = {ctx.name: source.position()
@@ -79,9 +81,8 @@ class Checkpointer:
     async def take(self, checkpoint_id: int) -> tuple:
         """Every input is aligned: run the sinks' phase 1 and start writing the snapshot of
         the state as it is now (see wallaroo.connectors.forked). The write in progress
-        (``await writing.result()`` gives its size) and what it holds: ``keys``, ``seconds``
-        the worker stood still."""
-        started = time.perf_counter()
+        (``await writing.result()`` gives its size) and what it holds: ``keys``, and
+        ``seconds`` the worker's input has been held since the barrier reached it."""
         worker = self.worker
         states = {op.name: _state_of(op) for op in worker.stateful_ops()}
         progress = {op.name: op.dump_progress() for op in worker.stateful_ops()
@@ -95,7 +96,7 @@ class Checkpointer:
             "progress": progress, "sources": self._positions, "sinks": records})
         self._pending[checkpoint_id] = (records, self._positions)
         return writing, {"keys": sum(len(s) for s in states.values()),
-                         "seconds": time.perf_counter() - started}
+                         "seconds": time.perf_counter() - self._began}
 
     def release(self) -> None:
         """Let input flow again (what sources emitted meanwhile goes on first)."""
