@@ -1158,3 +1158,36 @@ def test_source_context_holds_emits_and_end_of_input_until_release(tmp_path):
                        ("a", (1000, 2000), 16, 1)]
     assert snapshot["states"]["running"]["a"].n == 3
     assert snapshot["sources"] == {"events": {"count": 0, "last": None}}
+
+
+# =============================================================================================
+# CheckpointRounds: a round ends when a worker it waits for goes away (even the final round,
+# which the coordinator awaits in its own loop)
+# =============================================================================================
+
+class _RoundMember:
+    def __init__(self, name):
+        self.name, self.lost, self.sent = name, False, []
+
+    def send(self, message):
+        self.sent.append(message["type"])
+
+
+def test_a_round_fails_when_a_worker_it_waits_for_is_lost():
+    from types import SimpleNamespace
+
+    from wallaroo.cluster.rounds import CheckpointRounds
+
+    members = [_RoundMember("w0"), _RoundMember("w1")]
+    rounds = CheckpointRounds(SimpleNamespace(members=members), 1.0)
+
+    async def go():
+        final = asyncio.ensure_future(rounds.final())
+        await asyncio.sleep(0.01)
+        rounds.answer(members[0], {"type": "checkpointed", "id": 1, "bytes": 1})
+        rounds.lost(members[1])
+        return await asyncio.wait_for(final, 1.0)
+
+    assert asyncio.run(go()) is False
+    assert members[0].sent == ["checkpoint"]        # no commit for an incomplete round
+    assert rounds.last_complete is None

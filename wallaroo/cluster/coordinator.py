@@ -28,7 +28,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 
-from wallaroo.cluster.rounds import CheckpointRounds, NoCheckpoint, choose_restore
+from wallaroo.cluster.rounds import ROUND_TIMEOUT, CheckpointRounds, NoCheckpoint, choose_restore
 from wallaroo.cluster.wire import WireError, read_message, send_soon
 from wallaroo.runtime.placement import Placement
 
@@ -279,8 +279,8 @@ class Coordinator:
                 await self._member_failed(member, {"error": "it ended on its own"})
                 return
             elif kind == "checkpoint_failed":
-                why = f"checkpoint {message.get('id')} failed on worker {member.name}: " \
-                      f"{message.get('error')}"
+                where = f" on worker {member.name}" if member is not None else ""
+                why = f"checkpoint {message.get('id')} failed{where}: {message.get('error')}"
                 if message.get("fatal"):
                     log.error("%s; stopping the run", why)
                     self._abort(why)
@@ -366,6 +366,13 @@ class Coordinator:
             self.rounds.stop()
         self._broadcast({"type": "abort", "why": why})
 
+    def round_timed_out(self, checkpoint_id: int, late: list[str]) -> None:
+        """A checkpoint round got no answer from ``late`` in time: like a failed checkpoint,
+        the cluster goes back to the last complete one."""
+        self._events.put_nowait(("checkpoint_failed", None, {
+            "id": checkpoint_id, "error": f"no answer from {', '.join(late)} within "
+                                          f"{ROUND_TIMEOUT:.0f} s"}))
+
     def _roll_back(self, why: str) -> None:
         """Send every worker back to the last complete checkpoint: they stop at once, and
         are restarted (by the supervisor, or the operator) to restore it."""
@@ -415,6 +422,8 @@ class Coordinator:
                     for future in member.answers.values():
                         if not future.done():
                             future.set_result(None)
+                    if self.rounds is not None:   # a round waiting for it ends, failed
+                        self.rounds.lost(member)
                     self._events.put_nowait(("lost", member, {}))
                 return
             kind = message.get("type")

@@ -23,6 +23,9 @@ import time
 
 log = logging.getLogger("wallaroo")
 
+#: Seconds a checkpoint round may take before it fails (a worker stuck in user code).
+ROUND_TIMEOUT = 600.0
+
 
 class NoCheckpoint(Exception):
     """Some checkpoint was completed, but no complete one can be read on every worker."""
@@ -143,7 +146,14 @@ class CheckpointRounds:
                     futures[member.name].set_result(None)
                 member.send({"type": "checkpoint", "id": checkpoint_id})
             try:
-                replies = await asyncio.gather(*futures.values())
+                replies = await asyncio.wait_for(asyncio.gather(*futures.values()),
+                                                 ROUND_TIMEOUT)
+            except asyncio.TimeoutError:
+                late = [name for name, f in futures.items() if not f.done()]
+                log.error("checkpoint %d: no answer from %s within %.0f s", checkpoint_id,
+                          ", ".join(late), ROUND_TIMEOUT)
+                self.coordinator.round_timed_out(checkpoint_id, late)
+                return False
             finally:
                 del self._waiting[checkpoint_id]
             if self._stopped or any(r is None or r.get("type") != "checkpointed"
@@ -159,6 +169,13 @@ class CheckpointRounds:
                       self.durations[-1] * 1000, self.sizes[-1],
                       sum(r.get("keys", 0) for r in replies))
             return True
+
+    def lost(self, member) -> None:
+        """``member`` went away: a round waiting for its answer ends (failed)."""
+        for futures in self._waiting.values():
+            future = futures.get(member.name)
+            if future is not None and not future.done():
+                future.set_result(None)
 
     def answer(self, member, message: dict) -> bool:
         """Take a worker's ``checkpointed`` or ``checkpoint_failed``; True if it was awaited
