@@ -1191,3 +1191,51 @@ def test_a_round_fails_when_a_worker_it_waits_for_is_lost():
     assert asyncio.run(go()) is False
     assert members[0].sent == ["checkpoint"]        # no commit for an incomplete round
     assert rounds.last_complete is None
+
+
+def test_after_a_failed_round_the_final_round_takes_no_checkpoint():
+    """A round that fails (a sink voted no, a snapshot writer died) ends the rounds: the
+    final round must not take and commit a later checkpoint over the failed one's output."""
+    from types import SimpleNamespace
+
+    from wallaroo.cluster.rounds import CheckpointRounds
+
+    members = [_RoundMember("w0"), _RoundMember("w1")]
+    rounds = CheckpointRounds(SimpleNamespace(members=members), 1.0)
+
+    async def go():
+        first = asyncio.ensure_future(rounds.round())
+        await asyncio.sleep(0.01)
+        rounds.answer(members[0], {"type": "checkpointed", "id": 1})
+        rounds.answer(members[1], {"type": "checkpoint_failed", "id": 1, "error": "vote no"})
+        return await first, await asyncio.wait_for(rounds.final(), 1.0)
+
+    assert asyncio.run(go()) == (False, False)
+    assert members[0].sent == members[1].sent == ["checkpoint"]
+
+
+def test_the_final_round_completes_only_once_every_worker_has_committed():
+    from types import SimpleNamespace
+
+    from wallaroo.cluster.rounds import CheckpointRounds
+
+    def run(commit_reply):
+        members = [_RoundMember("w0"), _RoundMember("w1")]
+        rounds = CheckpointRounds(SimpleNamespace(members=members), 1.0)
+
+        async def go():
+            final = asyncio.ensure_future(rounds.final())
+            await asyncio.sleep(0.01)
+            for m in members:
+                rounds.answer(m, {"type": "checkpointed", "id": 1})
+            await asyncio.sleep(0.01)
+            assert not final.done()                     # waiting for the commits
+            rounds.answer(members[0], {"type": "committed", "id": 1})
+            rounds.answer(members[1], {**commit_reply, "id": 1})
+            return await asyncio.wait_for(final, 1.0)
+
+        return asyncio.run(go()), members[1].sent
+
+    assert run({"type": "committed"}) == (True, ["checkpoint", "commit"])
+    failed = {"type": "checkpoint_failed", "error": "No space left on device", "fatal": True}
+    assert run(failed) == (False, ["checkpoint", "commit"])

@@ -62,7 +62,13 @@ def line_out(value):
 @wallaroo.computation_multi(name="split")
 def split(line):
     _Slowdown.tick()
+    if _FAIL_ON[0] is not None and _FAIL_ON[0] in line:
+        raise ValueError(f"{_FAIL_ON[0]!r} in the input")
     return line.split()
+
+
+#: ``--fail-on WORD``: split raises on a line holding WORD (a user error, not a crash).
+_FAIL_ON = [None]
 
 
 @wallaroo.key_extractor
@@ -98,6 +104,7 @@ def _word_count(name, source_name, source_config, args):
 
 def word_count(args):
     _set_slow(args)
+    _FAIL_ON[0] = _opt(args, "--fail-on", "") or None
     source = wallaroo.FileSourceConfig("lines", _opt(args, "--input"))
     return _word_count("Resilient Word Count", "lines", source, args)
 

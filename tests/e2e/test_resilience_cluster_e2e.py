@@ -166,3 +166,23 @@ def test_cluster_recovers_from_killed_initializer_and_worker(processes, tmp_path
     assert not pending_files(output)
     parts = sorted(p.name for p in tmp_path.glob("out.txt.part-*"))
     assert parts == ["out.txt.part-0", "out.txt.part-1", "out.txt.part-2"], parts
+
+
+@pytest.mark.timeout(90)
+def test_a_failing_stage_stops_the_cluster_without_restarts(processes, tmp_path):
+    """A user error is not a crash: with resilience on, a stage that raises under
+    --on-error fail stops every worker (exit 1); none restarts itself to replay the same
+    message into the same error."""
+    source = tmp_path / "in.txt"
+    lines = ["alpha beta gamma"] * 20_000 + ["boom"] + ["delta epsilon"] * 20_000
+    source.write_text("\n".join(lines) + "\n")
+    cluster = ResilientCluster(processes, tmp_path, ["--input", str(source), "--output",
+                                                     str(tmp_path / "out.txt"),
+                                                     "--fail-on", "boom"])
+    cluster.start_all()
+    codes = cluster.wait_all()
+    assert codes == {name: 1 for name in NAMES}, cluster.describe()
+    for name, proc in cluster.procs.items():
+        assert restart_count(proc) == 0, f"{name} restarted itself\n{cluster.describe()}"
+    assert any("'boom' in the input" in line for proc in cluster.procs.values()
+               for line in proc.stderr_lines), cluster.describe()

@@ -185,6 +185,10 @@ class Coordinator:
             if await self._start():
                 await self._serve()
             await self._wait_done()
+            if (self.rounds is not None and self.failure is None and self.rollback is None
+                    and all(m.done is not None for m in self.members)):
+                # every worker has committed and finished: nothing is left to recover
+                self._broadcast({"type": "clear"})
         finally:
             for task in self._listeners:
                 task.cancel()
@@ -290,8 +294,7 @@ class Coordinator:
 
     def _finish(self, failure: str | None = None) -> None:
         """Tell every worker to flush its sinks and end; with ``failure``, the run ends
-        without what was still in flight, and that makes it fail. After a clean end with
-        resilience on, the workers remove their checkpoints (nothing is left to recover)."""
+        without what was still in flight, and that makes it fail."""
         if failure is not None:
             log.error("%s", failure)
             self.failure = failure
@@ -299,8 +302,7 @@ class Coordinator:
         self.finishing = True
         if self.rounds is not None:
             self.rounds.stop()
-        self._broadcast({"type": "finish", "why": failure,
-                         "clear": failure is None and self.rounds is not None})
+        self._broadcast({"type": "finish", "why": failure})
 
     def _repeated_stop(self, member) -> bool:
         """Count a stop request from ``member`` (None: the coordinator's own signal or the
@@ -404,6 +406,10 @@ class Coordinator:
                 await self._member_failed(member, message)
             elif kind == "stop_requested" and self._repeated_stop(member):
                 self._broadcast({"type": "abandon"})
+            elif kind == "checkpoint_failed" and self.failure is None and not self.rollback:
+                # the last commit failed (a disk error): the run fails, its checkpoints stay
+                self.failure = f"checkpoint {message.get('id')} failed: {message.get('error')}"
+                log.error("%s; the last complete checkpoint is kept", self.failure)
 
     def _broadcast(self, message: dict) -> None:
         for member in self.members:
@@ -427,7 +433,7 @@ class Coordinator:
                     self._events.put_nowait(("lost", member, {}))
                 return
             kind = message.get("type")
-            if kind in ("checkpointed", "checkpoint_failed") and self.rounds is not None:
+            if kind in ("checkpointed", "committed", "checkpoint_failed") and self.rounds:
                 if self.rounds.answer(member, message):
                     continue
             if kind in ("status", "reply"):

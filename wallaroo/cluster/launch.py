@@ -25,6 +25,7 @@ from wallaroo.cluster.formation import (
     join, link_over_tcp, receive_topology,
 )
 from wallaroo.cluster.member import ClusterStopped, Member
+from wallaroo.connectors.forked import stop_children
 from wallaroo.cluster.supervisor import (
     LocalBootstrap, Supervisor, SupervisorError, connect_rings, control_connection, worker_name,
     wallaroo_run_command,
@@ -203,12 +204,12 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
     except (StartupError, FormationError, ClusterStopped) as exc:
         print(f"wallaroo-run: {exc}", file=sys.stderr)
         await _close(initializer, external, data, coordinating)
-        if options.resilient and isinstance(exc, ClusterStopped):
+        if options.resilient and (member.rolled_back or member.coordinator_lost):
             _restart_to_recover(str(exc))
         return 2 if isinstance(exc, StartupError) else 1
     summaries = await coordinating if coordinating is not None else None
     await _close(initializer, external, data, None)
-    if options.resilient and (member.rolled_back or isinstance(result.failure, ClusterStopped)):
+    if options.resilient and (member.rolled_back or member.coordinator_lost):
         _restart_to_recover(member.stopped_by or "the cluster rolls back")
     failed = control.coordinator is not None and control.coordinator.failure is not None
     code = max(result.exit_code, 1 if failed else 0)   # the coordinator saw a worker fail
@@ -226,7 +227,9 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
 def _restart_to_recover(why: str) -> None:
     """With resilience on, a cluster worker that lost the cluster (a worker or the initializer
     died, or the coordinator rolled back) starts itself again with the same command line: it
-    rejoins the initializer and restores the last complete checkpoint with the others."""
+    rejoins the initializer and restores the last complete checkpoint with the others. (A
+    worker stopped for another reason, a failing stage say, is not restarted.)"""
+    stop_children()   # a snapshot being written must not land after the restart looks
     log.warning("%s: restarting this worker with the same command line to restore the last "
                 "complete checkpoint", why)
     logging.shutdown()

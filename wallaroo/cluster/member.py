@@ -131,7 +131,8 @@ class Member:
         self._waiting: list[tuple[bytes, int]] = []
         #: Set when the coordinator rolls the cluster back: this worker must restart.
         self.rolled_back = False
-        self._clear_checkpoints = False
+        #: Set when the control connection broke (the coordinator's process died).
+        self.coordinator_lost = False
 
     def _exchange(self, edge, target) -> Exchange:
         if getattr(target, "sees_watermarks", False):
@@ -279,8 +280,6 @@ class Member:
         result = worker.result()
         if self.stopped_by is not None and result.failure is None:
             result.failure = ClusterStopped(self.stopped_by)
-        if self._clear_checkpoints and result.exit_code == 0:   # nothing left to recover
-            self.checkpointer.store.clear()
         self.tell({"type": "done", "result": result_summary(result, worker)})
         try:
             await asyncio.wait_for(control, timeout=5.0)
@@ -299,8 +298,10 @@ class Member:
         try:
             message = await read_message(self.reader)
         except (WireError, OSError) as exc:
+            self.coordinator_lost = not self._finish.is_set()
             raise ClusterStopped(f"the control connection broke: {exc}") from None
         if message is None:
+            self.coordinator_lost = not self._finish.is_set()
             raise ClusterStopped("the coordinator closed the control connection")
         return message
 
@@ -340,7 +341,6 @@ class Member:
             elif kind == "finish":   # with "why", the run ended without all of its messages
                 if message.get("why") and worker.failure is None:
                     self.stopped_by = message["why"]
-                self._clear_checkpoints = bool(message.get("clear"))
                 self._finish.set()
             elif kind == "abandon":  # a second stop request: do not wait for sinks
                 worker.abandon_flush("the cluster is stopping without waiting")
@@ -352,6 +352,10 @@ class Member:
                 except OSError as exc:
                     self.tell({"type": "checkpoint_failed", "id": message["id"],
                                "error": str(exc), "fatal": True})
+                else:
+                    self.tell({"type": "committed", "id": message["id"]})
+            elif kind == "clear":   # every worker has finished cleanly: nothing to recover
+                self.checkpointer.store.clear()
             elif kind == "rollback":   # the cluster goes back to its last checkpoint
                 self.rolled_back = True
                 self.stopped_by = message.get("why") or "the cluster rolls back"

@@ -117,7 +117,7 @@ class CheckpointRounds:
 
     async def final(self) -> bool:
         """One last checkpoint as the run ends (after the round in flight, if any); whether
-        it completed."""
+        it completed and every worker has committed it (made its output visible)."""
         self._final = True
         if self._task is not None and not self._lock.locked():
             self._task.cancel()   # it sleeps: no round is cut short
@@ -152,15 +152,31 @@ class CheckpointRounds:
                 late = [name for name, f in futures.items() if not f.done()]
                 log.error("checkpoint %d: no answer from %s within %.0f s", checkpoint_id,
                           ", ".join(late), ROUND_TIMEOUT)
+                self._stopped = True
                 self.coordinator.round_timed_out(checkpoint_id, late)
                 return False
             finally:
                 del self._waiting[checkpoint_id]
             if self._stopped or any(r is None or r.get("type") != "checkpointed"
                                     for r in replies):
+                self._stopped = True   # the coordinator rolls back or stops: no more rounds
                 return False
+            if self._final:   # the run ends after this one: wait until every commit is done
+                self._waiting[checkpoint_id] = futures = {
+                    m.name: loop.create_future() for m in self.coordinator.members}
             for member in self.coordinator.members:
                 member.send({"type": "commit", "id": checkpoint_id})
+            if self._final:
+                try:
+                    done = await asyncio.wait_for(asyncio.gather(*futures.values()),
+                                                  ROUND_TIMEOUT)
+                except asyncio.TimeoutError:
+                    done = [None]
+                finally:
+                    del self._waiting[checkpoint_id]
+                if any(r is None or r.get("type") != "committed" for r in done):
+                    self._stopped = True
+                    return False
             self.last_complete = checkpoint_id
             self.durations.append(time.monotonic() - started)
             self.sizes.append(sum(r.get("bytes", 0) for r in replies))
@@ -178,15 +194,16 @@ class CheckpointRounds:
                 future.set_result(None)
 
     def answer(self, member, message: dict) -> bool:
-        """Take a worker's ``checkpointed`` or ``checkpoint_failed``; True if it was awaited
-        (a failure is also left among the coordinator's events)."""
+        """Take a worker's ``checkpointed``, ``committed`` or ``checkpoint_failed``; True if it
+        was awaited and is not a failure (a failure is also left among the coordinator's
+        events)."""
         futures = self._waiting.get(message.get("id"))
         if futures is None:
             return False
         future = futures.get(member.name)
         if future is not None and not future.done():
             future.set_result(message)
-        return message.get("type") == "checkpointed"
+        return message.get("type") in ("checkpointed", "committed")
 
     def summary(self) -> dict:
         """Checkpoints completed, the last one, median duration (s), longest input hold of

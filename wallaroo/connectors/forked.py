@@ -28,6 +28,8 @@ import signal
 #: Whether the work runs in a forked child (else in a thread).
 FORK = hasattr(os, "fork")
 _PR_SET_PDEATHSIG = 1
+#: Children started and not yet reaped.
+_running: set[int] = set()
 
 
 def start_in_child(fn, *args):
@@ -61,6 +63,7 @@ class _Child:
         os.close(write_fd)
         self.pid = pid
         self.read_fd = read_fd
+        _running.add(pid)
 
     async def result(self):
         loop = asyncio.get_running_loop()
@@ -81,6 +84,7 @@ class _Child:
             loop.remove_reader(self.read_fd)
             os.close(self.read_fd)
         _, status = os.waitpid(self.pid, 0)
+        _running.discard(self.pid)
         try:
             ok, value = pickle.loads(b"".join(chunks))
         except Exception:
@@ -89,6 +93,23 @@ class _Child:
         if ok:
             return value
         raise value
+
+
+def stop_children() -> None:
+    """Kill and reap every child still at work (before this process replaces itself: the
+    kernel kills them when it dies, not when it execs).
+
+    Example::
+
+        >>> stop_children()
+    """
+    for pid in list(_running):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        _running.discard(pid)
 
 
 def _leave_only(report_fd: int) -> None:
