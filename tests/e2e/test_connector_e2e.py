@@ -28,7 +28,7 @@ import re
 import signal
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import psutil
@@ -36,6 +36,7 @@ import pytest
 
 from support.net import HOST, free_port
 from support.processes import STARTUP_RE, WALLAROO_RUN, Proc, app_env
+from test_resilience_e2e import diff_summary
 
 APP = "wr_connector_app"
 COOKIE = "e2e-cookie"
@@ -66,14 +67,6 @@ def make_input(path: Path, keys: int = KEYS, per_key: int = PER_KEY) -> Path:
 
 def expected_lines(keys: int = KEYS, per_key: int = PER_KEY) -> list[bytes]:
     return sorted(f"k{k} {n}".encode() for k in range(keys) for n in range(1, per_key + 1))
-
-
-def diff_summary(got: list[bytes], want: list[bytes]) -> str:
-    g, w = Counter(got), Counter(want)
-    missing, extra = w - g, g - w
-    return (f"{len(got)} lines committed, {len(want)} expected; {sum(missing.values())} missing "
-            f"(e.g. {sorted(missing)[:8]}), {sum(extra.values())} unexpected or repeated "
-            f"(e.g. {sorted(extra)[:8]})")
 
 
 def committed(out: Path) -> list[bytes]:
