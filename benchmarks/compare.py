@@ -823,6 +823,12 @@ def parse_args(argv: list[str] | None):
     return args
 
 
+def _scaled_case(name: str, scale: float, tmp: Path) -> Case:
+    """Workload ``name``'s inputs at ``scale`` times its size (at least 200 items)."""
+    work = WORKLOADS[name]
+    return Case(work, max(200, int(work.size * scale)), tmp)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report: dict = {"commit": _commit(), "python": platform.python_version(),
@@ -839,8 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.modes:
             print(HEADER, flush=True)
         for name in args.workloads if args.modes else []:
-            work = WORKLOADS[name]
-            case = Case(work, max(200, int(work.size * args.scale)), tmp)
+            case = _scaled_case(name, args.scale, tmp)
             for mode in args.modes:
                 row = RUNNERS[mode](case, args.rounds)
                 report["rows"].append(row.summary())
@@ -866,8 +871,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'plain/s':>14}{'ratio':>8}{'wall':>9}")
             report["scaling"] = []
             for name in args.scaling_workloads:
-                work = WORKLOADS[name]
-                case = Case(work, max(200, int(work.size * args.scale)), tmp)
+                case = _scaled_case(name, args.scale, tmp)
                 for r in run_scaling(case, args.scaling, args.rounds):
                     report["scaling"].append(r)
                     print(format_scaling(r), flush=True)
@@ -879,8 +883,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'ckpts':>8}{'ckpt ms':>10}{'ckpt MB':>10}")
             report["resilience"] = []
             for name in args.resilience_workloads:
-                work = WORKLOADS[name]
-                case = Case(work, max(200, int(work.size * args.scale)), tmp)
+                case = _scaled_case(name, args.scale, tmp)
                 r = run_resilience(case, args.resilience, args.rounds)
                 report["resilience"].append(r)
                 print(format_resilience(r), flush=True)
