@@ -103,26 +103,34 @@ class EndToEnd:
     track_engine_over_plain_speed.unit = "ratio"
 
 
-class Scaling:
-    """Throughput with 2 local workers over 1 (``wallaroo-run --workers N`` on files, startup
-    left out; median of 3 rounds each; see ``run_scaling`` in benchmarks/compare.py)."""
+class _OnFiles:
+    """What the suites that run ``wallaroo-run`` on files share: the workload's input files,
+    ``size_factor`` times the runner's size, in a fresh folder; one sample per run."""
 
-    params = ["word_count"]
     param_names = ["workload"]
-    timeout = 600
     number = 1
     repeat = 1
+    size_factor = 1
 
     def setup(self, name):
         from .compare import Case
 
         self.tmp = tempfile.TemporaryDirectory(prefix="wallaroo-asv-")
-        # the runner's full size (2 M words): with less, the fixed cost of ending a run (two
-        # probe rounds) weighs on the short 2-worker runs
-        self.case = Case(WORKLOADS[name], WORKLOADS[name].size, Path(self.tmp.name))
+        self.case = Case(WORKLOADS[name], self.size_factor * WORKLOADS[name].size,
+                         Path(self.tmp.name))
 
     def teardown(self, name):
         self.tmp.cleanup()
+
+
+class Scaling(_OnFiles):
+    """Throughput with 2 local workers over 1 (``wallaroo-run --workers N`` on files, startup
+    left out; median of 3 rounds each; see ``run_scaling`` in benchmarks/compare.py). At the
+    runner's full size (2 M words): with less, the fixed cost of ending a run (two probe rounds)
+    weighs on the short 2-worker runs."""
+
+    params = ["word_count"]
+    timeout = 600
 
     def track_two_workers_over_one(self, name):
         from .compare import run_scaling
@@ -132,26 +140,15 @@ class Scaling:
     track_two_workers_over_one.unit = "ratio"
 
 
-class Resilience:
+class Resilience(_OnFiles):
     """Throughput with checkpoints every second over none (``wallaroo-run`` on files, one
-    worker; median of 3 rounds each; see ``run_resilience`` in benchmarks/compare.py)."""
+    worker; median of 3 rounds each; see ``run_resilience`` in benchmarks/compare.py). At three
+    times the runner's size: a run spans several checkpoints, and the last one (which commits
+    every output before the run ends) weighs less."""
 
     params = ["word_count", "keyed_sum"]
-    param_names = ["workload"]
     timeout = 900
-    number = 1
-    repeat = 1
-
-    def setup(self, name):
-        from .compare import Case
-
-        self.tmp = tempfile.TemporaryDirectory(prefix="wallaroo-asv-")
-        # three times the runner's size: a run spans several checkpoints, and the last one
-        # (which commits every output before the run ends) weighs less
-        self.case = Case(WORKLOADS[name], 3 * WORKLOADS[name].size, Path(self.tmp.name))
-
-    def teardown(self, name):
-        self.tmp.cleanup()
+    size_factor = 3
 
     def track_with_checkpoints_over_without(self, name):
         from .compare import run_resilience
@@ -159,6 +156,22 @@ class Resilience:
         return run_resilience(self.case, 1.0, 3)["ratio"]
 
     track_with_checkpoints_over_without.unit = "ratio"
+
+
+class Metrics(_OnFiles):
+    """Throughput with metrics on (the default) over ``--no-metrics`` (``wallaroo-run`` on
+    files, one worker; rounds interleaved, median of 3 each; see ``run_metrics_cost`` in
+    benchmarks/compare.py)."""
+
+    params = ["word_count", "keyed_sum"]
+    timeout = 900
+
+    def track_metrics_on_over_off(self, name):
+        from .compare import run_metrics_cost
+
+        return run_metrics_cost(self.case, 3)["ratio"]
+
+    track_metrics_on_over_off.unit = "ratio"
 
 
 class StateMemory:

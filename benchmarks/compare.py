@@ -321,6 +321,25 @@ def run_resilience(case: Case, interval_s: float, rounds: int) -> dict:
             "checkpoint_bytes": statistics.median(c.get("median_bytes", 0) for c in checkpoints)}
 
 
+def run_metrics_cost(case: Case, rounds: int) -> dict:
+    """The workload on files with metrics on (the default: latency sampling, a report every
+    second, the HTTP server) against ``--no-metrics``, rounds interleaved so that both see the
+    same machine: throughput of each (every round's output checked) and their ratio."""
+    on, off = [], []
+    for _ in range(rounds):
+        off += _engine_on_files(case, 1, ["--no-metrics"], "without metrics")[0]
+        on += _engine_on_files(case, 1, [], "with metrics")[0]
+    return {"workload": case.work.name, "items": case.items, "off_s": off, "on_s": on,
+            "off_rate": case.items / statistics.median(off),
+            "on_rate": case.items / statistics.median(on),
+            "ratio": statistics.median(off) / statistics.median(on)}
+
+
+def format_metrics_cost(r: dict) -> str:
+    return (f"{r['workload']:<16}{r['items']:>12,}{r['off_rate']:>14,.0f}{r['on_rate']:>14,.0f}"
+            f"{r['ratio']:>8.2f}")
+
+
 def _twin_seconds(case: Case, rounds: int) -> list[float]:
     out = case.tmp / f"{case.work.name}.twin.out"
     seconds = []
@@ -780,6 +799,9 @@ def parse_args(argv: list[str] | None):
                         "checkpoints every SECONDS (default 1) against none")
     parser.add_argument("--resilience-workloads", default="word_count,keyed_sum",
                         help="workloads for --resilience (default word_count,keyed_sum)")
+    parser.add_argument("--metrics-cost", nargs="?", const="word_count,keyed_sum", default=None,
+                        metavar="NAMES", help="also run these workloads on files with metrics on "
+                        "against --no-metrics (default word_count,keyed_sum)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     parser.add_argument("--smoke", action="store_true",
                         help="a quick check that everything runs: allows --rounds 1")
@@ -816,6 +838,11 @@ def parse_args(argv: list[str] | None):
                          f"workers; choose from {', '.join(SCALING_WORKLOADS)}")
     if args.state_keys is None:
         args.state_keys = max(1000, int(50_000 * args.scale))
+    if args.metrics_cost:
+        args.metrics_cost = [n.strip() for n in args.metrics_cost.split(",")]
+        unknown = [n for n in args.metrics_cost if n not in WORKLOADS]
+        if unknown:
+            parser.error(f"--metrics-cost: unknown {', '.join(unknown)}")
     args.resilience_workloads = [n.strip() for n in args.resilience_workloads.split(",")]
     unknown = [n for n in args.resilience_workloads if n not in WORKLOADS]
     if unknown:
@@ -887,6 +914,15 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_resilience(case, args.resilience, args.rounds)
                 report["resilience"].append(r)
                 print(format_resilience(r), flush=True)
+        if args.metrics_cost:
+            print("\n# metrics: wallaroo-run on files with metrics on (the default) against "
+                  "--no-metrics (1 worker, rounds interleaved); ratio = on / off")
+            print(f"{'workload':<16}{'items':>12}{'off/s':>14}{'on/s':>14}{'ratio':>8}")
+            report["metrics_cost"] = []
+            for name in args.metrics_cost:
+                r = run_metrics_cost(_scaled_case(name, args.scale, tmp), args.rounds)
+                report["metrics_cost"].append(r)
+                print(format_metrics_cost(r), flush=True)
         if args.latency:
             report["latency"] = run_latency(args.latency, args, tmp)
         if args.soak:

@@ -79,6 +79,17 @@ def test_runner_smoke_resilience_checks_output_and_counts_checkpoints(tmp_path: 
     assert figure["checkpoints"] >= 1 and figure["checkpoint_bytes"] > 0
 
 
+def test_runner_smoke_metrics_cost_runs_both_sides_and_checks_output(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    done = run_compare("--smoke", "--rounds", "1", "--scale", "0.02", "--state-keys", "0",
+                       "--modes", "none", "--metrics-cost", "word_count", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    [figure] = json.loads(out.read_text())["metrics_cost"]
+    assert figure["workload"] == "word_count" and len(figure["on_s"]) == len(figure["off_s"]) == 1
+    assert figure["ratio"] == pytest.approx(figure["on_rate"] / figure["off_rate"])
+    assert "# metrics:" in done.stdout
+
+
 def test_recovery_benchmark_measures_a_kill_and_a_restore() -> None:
     done = subprocess.run([sys.executable, "-m", "benchmarks.recovery", "--keys", "20000",
                            "--rounds", "1", "--timeout", "60"], cwd=ROOT, capture_output=True,

@@ -188,7 +188,7 @@ def test_original_flags_are_accepted(tmp_path):
         "--ponythreads", "1", "--ponynoblock", "--ponypinasio",
         "--cluster-initializer", "--name", "w1", "--worker-count", "1",
         "--control", f"{HOST}:0", "--data", f"{HOST}:0", "--external", f"{HOST}:0",
-        "--metrics", f"{HOST}:5001", "--resilience-dir", str(tmp_path / "res"),
+        "--metrics", f"{HOST}:0", "--resilience-dir", str(tmp_path / "res"),
         "--time-between-checkpoints", "1000000000", "--log-rotation", "--stop-pause", "1",
         cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -86,6 +86,29 @@ class LogicalGraph:
             for parent in node.inputs:
                 self.children[parent].append(node)
         self._validate()
+        #: A stable id for each node, the same in every process that builds the same
+        #: application: ``n`` and its place in ``nodes`` (metrics name stages by it).
+        self.ids: dict[Node, str] = {node: f"n{i}" for i, node in enumerate(self.nodes)}
+
+    def pipeline_of(self, node: Node) -> str:
+        """The pipeline a node belongs to: the names of the sources upstream of it (itself, for
+        a source), joined by "+" in the order of ``sources``.
+
+        Example::
+
+            >>> a, b = Node(SOURCE, None, name="a"), Node(SOURCE, None, name="b")
+            >>> both = Node(MERGE, None, inputs=(a, b), name="merge")
+            >>> LogicalGraph([Node(SINK, None, inputs=(both,), name="out")]).pipeline_of(both)
+            'a+b'
+        """
+        upstream: set[int] = set()
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            if id(current) not in upstream:
+                upstream.add(id(current))
+                stack.extend(current.inputs)
+        return "+".join(src.name for src in self.sources if id(src) in upstream)
 
     @staticmethod
     def _topological(sinks: list[Node]) -> list[Node]:

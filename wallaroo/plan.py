@@ -240,7 +240,19 @@ class PhysicalPlan:
             and (parent.kind not in (g.KEY_BY, g.COLLECT) or node.kind in (g.KEY_BY, g.COLLECT))
         )
 
-    def _is_exchange(self, node: g.Node) -> bool:
+    def is_exchange_into(self, node: g.Node) -> bool:
+        """Whether the edges into ``node`` are exchanges (messages reach their key's owner).
+
+        Example::
+
+            >>> import wallaroo
+            >>> count = wallaroo.state_computation(name="count", state=list)(lambda w, s: w)
+            >>> p = (wallaroo.source("s", wallaroo.IterSourceConfig("s", [])).key_by(str)
+            ...      .to(count).to_sink(wallaroo.StdoutSinkConfig(wallaroo.encoder(str))))
+            >>> plan = PhysicalPlan(wallaroo.build_application("d", p).graph)
+            >>> [plan.is_exchange_into(n) for n in plan.graph.nodes]
+            [False, False, True, False]
+        """
         return node in self._exchange_at
 
     def _edges_from(self, node: g.Node) -> list[Edge]:
@@ -251,7 +263,7 @@ class PhysicalPlan:
             elif child.kind == g.SINK:
                 edges.append(Edge(child, False))
             elif self._chain_of[child].nodes[0] is child:
-                edges.append(Edge(self._chain_of[child], self._is_exchange(child)))
+                edges.append(Edge(self._chain_of[child], self.is_exchange_into(child)))
         return edges
 
     def describe(self) -> str:

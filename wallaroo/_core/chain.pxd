@@ -1,5 +1,6 @@
 cimport cython
 from libc.stdint cimport int64_t
+from wallaroo._core.histogram cimport Histogram
 
 # Watermarks and event times are integer nanoseconds since the epoch. Event times must lie in
 # (-EVENT_TIME_LIMIT, EVENT_TIME_LIMIT) and window lengths below DURATION_LIMIT, so that sums of
@@ -43,6 +44,8 @@ cdef class Op:
     cdef readonly object fn
     cdef readonly object errors
     cdef readonly unsigned long long processed
+    cdef readonly Histogram latency
+    cdef unsigned int countdown
     cdef readonly str bad_input_kind
     cdef readonly bint sees_watermarks
     cdef Effect keys_effect
@@ -55,6 +58,11 @@ cdef class Op:
     cdef int finish_batch(self, Batch out) except -1
     cdef int caught(self, object value) except -1
     cdef int failed(self, object value, object exc) except -1
+    cdef bint sampled(self)
+    cdef int timed(self, int64_t started) except -1
+
+
+cdef int64_t monotonic_ns() noexcept nogil
 
 
 @cython.final

@@ -46,12 +46,6 @@ cdef class Histogram:
         (10, 15000, 10)
     """
 
-    cdef uint64_t counts[64]
-    cdef readonly uint64_t count
-    cdef readonly object total
-    cdef readonly int64_t min
-    cdef readonly int64_t max
-
     def __cinit__(self):
         self.clear()
 
@@ -208,8 +202,56 @@ cdef class Histogram:
 
             >>> h = Histogram(); h.record(5)
             >>> sorted(h.summary())
-            ['count', 'max', 'min', 'p50', 'p99', 'p99.9', 'p99.99']
+            ['count', 'max', 'mean', 'min', 'p50', 'p95', 'p99', 'p99.9', 'p99.99']
         """
-        return {"count": self.count, "min": self.min, "max": self.max,
-                "p50": self.percentile(0.5), "p99": self.percentile(0.99),
-                "p99.9": self.percentile(0.999), "p99.99": self.percentile(0.9999)}
+        return {"count": self.count, "min": self.min, "max": self.max, "mean": self.mean(),
+                "p50": self.percentile(0.5), "p95": self.percentile(0.95),
+                "p99": self.percentile(0.99), "p99.9": self.percentile(0.999),
+                "p99.99": self.percentile(0.9999)}
+
+    def shares(self):
+        """``[(upper edge in ns, share of the values)]`` for every bin from the lowest to the
+        highest one that holds a value (empty bins between them included, with share 0): the
+        latency distribution a chart draws.
+
+        Example::
+
+            >>> h = Histogram(); h.record_many(3, 3); h.record(10)
+            >>> h.shares()
+            [(4, 0.75), (8, 0.0), (16, 0.25)]
+        """
+        if self.count == 0:
+            return []
+        cdef int b, first = -1, last = -1
+        for b in range(BINS):
+            if self.counts[b]:
+                if first < 0:
+                    first = b
+                last = b
+        return [(self.bin_range(b)[1], self.counts[b] / <double>self.count)
+                for b in range(first, last + 1)]
+
+    def difference(self, Histogram earlier):
+        """What was counted since ``earlier`` (an older copy of this histogram): the bins'
+        differences. Min and max are this histogram's (they cannot be taken apart).
+
+        Example::
+
+            >>> old = Histogram(); old.record(10)
+            >>> new = Histogram.from_dict(old.to_dict()); new.record(1_000)
+            >>> new.difference(old).count, new.difference(old).bins()[10]
+            (1, 1)
+        """
+        cdef Histogram h = Histogram()
+        cdef int i
+        if earlier.count > self.count:
+            raise ValueError("the earlier histogram holds more values than this one")
+        for i in range(BINS):
+            if earlier.counts[i] > self.counts[i]:
+                raise ValueError(f"the earlier histogram is not an older copy: bin {i} holds more")
+            h.counts[i] = self.counts[i] - earlier.counts[i]
+        h.count = self.count - earlier.count
+        h.total = self.total - earlier.total
+        h.min = self.min if h.count else 0
+        h.max = self.max if h.count else 0
+        return h

@@ -28,7 +28,7 @@ cimport cython
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.stdint cimport int64_t
 from wallaroo._core.chain cimport (
-    Batch, Op, DURATION_LIMIT, END_OF_INPUT, NEW, NO_WATERMARK,
+    Batch, Op, DURATION_LIMIT, END_OF_INPUT, NEW, NO_WATERMARK, monotonic_ns,
 )
 from wallaroo._core.chain import StopBatch
 
@@ -202,7 +202,7 @@ cdef class WindowOp(Op):
         cdef list groups = batch.groups
         cdef list times = batch.event_times
         cdef Py_ssize_t i = 0, n = len(values)
-        cdef int64_t t, now = time.monotonic_ns()
+        cdef int64_t t, started, now = time.monotonic_ns()
         idx = self.input_index.get(batch.origin)
         if idx is None:
             raise ValueError(f"window {self.name!r} got a batch from {batch.origin!r}, which "
@@ -214,10 +214,13 @@ cdef class WindowOp(Op):
                 try:
                     while i < n and not self.stopped:
                         t = batch.ingest_ns if times is None else times[i]
+                        started = monotonic_ns() if self.sampled() else 0
                         if keys is None:
                             self.place(batch.key, batch.group, t, values[i], now)
                         else:
                             self.place(keys[i], groups[i], t, values[i], now)
+                        if started:
+                            self.timed(started)
                         if self.marks_each_message[input_i]:
                             self.raise_input(input_i, t, now)
                         i += 1

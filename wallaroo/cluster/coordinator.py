@@ -105,8 +105,10 @@ class Coordinator:
 
     def __init__(self, members: list[MemberHandle], key_groups: int, describe_loss=None,
                  on_ready=None, flush_timeout: float = 30.0,
-                 checkpoint_interval: float | None = None):
+                 checkpoint_interval: float | None = None, metrics=None):
         self.members = members
+        #: The metrics hub the workers' reports go to (wallaroo.metrics.hub), if any.
+        self.metrics = metrics
         #: With resilience on, seconds between checkpoints (see wallaroo.cluster.rounds).
         self.rounds = CheckpointRounds(self, checkpoint_interval) if checkpoint_interval else None
         #: Why the cluster must go back to its last checkpoint (a worker was lost): the
@@ -433,6 +435,10 @@ class Coordinator:
                     self._events.put_nowait(("lost", member, {}))
                 return
             kind = message.get("type")
+            if kind == "metrics":
+                if self.metrics is not None:
+                    self.metrics.update(message["report"])
+                continue
             if kind in ("checkpointed", "committed", "checkpoint_failed") and self.rounds:
                 if self.rounds.answer(member, message):
                     continue

@@ -63,6 +63,9 @@ class Counters:
     def __init__(self):
         self.sent = 0
         self.received = 0
+        #: Messages in those records (for metrics; the probe compares records).
+        self.messages_sent = 0
+        self.messages_received = 0
 
     def snapshot(self) -> dict:
         """Both totals, as this worker answers the coordinator's probe."""
@@ -226,6 +229,7 @@ class Exchange:
             if part is not None and index != self.me and (wanted or part.values):
                 self.links[index].send(encode_record(self.exchange_id, part, self.serialize))
                 self.counters.sent += 1
+                self.counters.messages_sent += len(part.values)
         mine = parts[self.me]
         if mine is not None and (mine.values or wanted):
             self.local.push_from(self.me, mine)

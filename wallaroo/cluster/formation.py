@@ -189,9 +189,12 @@ class Initializer:
     """
 
     def __init__(self, spec: ClusterSpec, key_groups: int, control: ClusterControl,
-                 flush_timeout: float = 30.0, checkpoint_interval: float | None = None):
+                 flush_timeout: float = 30.0, checkpoint_interval: float | None = None,
+                 metrics=None):
         self.flush_timeout = flush_timeout
         self.checkpoint_interval = checkpoint_interval
+        #: The metrics hub the coordinator feeds, if any.
+        self.metrics = metrics
         self.spec = spec
         self.key_groups = key_groups
         self.control = control
@@ -244,7 +247,8 @@ class Initializer:
                                          "key_groups": self.key_groups}))
             members.append(MemberHandle(hello["name"], index, reader, writer, hello.get("pid")))
         coordinator = Coordinator(members, self.key_groups, flush_timeout=self.flush_timeout,
-                                  checkpoint_interval=self.checkpoint_interval)
+                                  checkpoint_interval=self.checkpoint_interval,
+                                  metrics=self.metrics)
         self.control.coordinator = coordinator
         return await coordinator.run()
 

@@ -26,6 +26,7 @@ from wallaroo.cluster.formation import (
 )
 from wallaroo.cluster.member import ClusterStopped, Member
 from wallaroo.connectors.forked import stop_children
+from wallaroo.metrics.service import MetricsService, MetricsUnavailable
 from wallaroo.cluster.supervisor import (
     LocalBootstrap, Supervisor, SupervisorError, connect_rings, control_connection, worker_name,
     wallaroo_run_command,
@@ -79,11 +80,12 @@ async def run_local_member(local: LocalBootstrap, app, options: RunOptions, sour
 
 async def supervise(argv: list[str], app, options: RunOptions, source_configs: dict,
                     count: int, stats_file: str | None, external: tuple[str, int] | None = None,
-                    secret: str | None = None) -> int:
+                    secret: str | None = None,
+                    metrics_address: tuple[str, int] | None = None) -> int:
     """Start ``count`` local workers and coordinate them; the exit code.
 
     ``argv`` is the command line each worker runs; with ``stats_file``, the workers' merged
-    summary is written there.
+    summary is written there; with ``metrics_address``, the workers' metrics are served there.
 
     Example: ``code = await supervise(["--app", "wc", "--workers", "4"], app, RunOptions(),
     {}, 4, None)`` (what ``wallaroo-run --app wc --workers 4`` does: see
@@ -96,20 +98,29 @@ async def supervise(argv: list[str], app, options: RunOptions, source_configs: d
             tcp_sources[node.name] = (config.host, config.port)
     pid = os.getpid()
 
+    started = time.monotonic()
+    service = await _start_metrics(app, count, metrics_address, options.resilient)
+    if service is False:
+        return 2
+
     def announce(members) -> None:
         pids = ", ".join(str(m.pid) for m in members)
         print(f'wallaroo: running "{app.name}" (pid {pid}) | {members[0].ready["describe"]} | '
               f'{count} workers (pids {pids})', file=sys.stderr, flush=True)
-
-    started = time.monotonic()
+        if service is not None:
+            service.announce()
     supervisor = Supervisor(argv, count, options.key_groups, tcp_sources, announce,
                             external, secret, options.flush_timeout,
-                            options.checkpoint_interval if options.resilient else None)
+                            options.checkpoint_interval if options.resilient else None,
+                            service.hub if service is not None else None)
     try:
         code, summaries = await supervisor.run()
     except SupervisorError as exc:
         print(f"wallaroo-run: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if service is not None:
+            await service.close()
     if stats_file:
         summary = merge_summaries([s for s in summaries if s])
         summary["exit_code"] = max(summary["exit_code"], code)   # a lost worker fails the run
@@ -120,10 +131,27 @@ async def supervise(argv: list[str], app, options: RunOptions, source_configs: d
     return code
 
 
+async def _start_metrics(app, workers: int, address: tuple[str, int] | None, resilient: bool):
+    """The run's metrics service, started (None without an address; False, once said why, when
+    the address cannot be had)."""
+    if address is None:
+        return None
+    service = MetricsService(app, workers, address)
+    if resilient:
+        service.hub.enable_checkpoints()
+    try:
+        await service.start()
+    except MetricsUnavailable as exc:
+        print(f"wallaroo-run: {exc}", file=sys.stderr)
+        return False
+    return service
+
+
 async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source_configs: dict,
-                             sink_configs: dict, stats_file: str | None) -> int:
+                             sink_configs: dict, stats_file: str | None,
+                             metrics_address: tuple[str, int] | None = None) -> int:
     """Run as a worker of a TCP cluster (and, with ``--cluster-initializer``, its
-    coordinator); the exit code.
+    coordinator, and the metrics server on ``metrics_address``); the exit code.
 
     Example (a cluster of one worker, the initializer, on 127.0.0.1; its run file is removed
     once the run ends well)::
@@ -145,12 +173,17 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     control = ClusterControl()
-    initializer = external = coordinating = None
+    initializer = external = coordinating = service = None
     data = None
+    if spec.initializer:
+        service = await _start_metrics(app, spec.worker_count, metrics_address, options.resilient)
+        if service is False:
+            return 2
     try:
         if spec.initializer:
             initializer = Initializer(spec, options.key_groups, control, options.flush_timeout,
-                                      options.checkpoint_interval if options.resilient else None)
+                                      options.checkpoint_interval if options.resilient else None,
+                                      service.hub if service is not None else None)
             await initializer.start()
             coordinating = loop.create_task(initializer.coordinate())
             log.info("initializer: waiting for %d worker(s) on --control %s:%d",
@@ -174,7 +207,7 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
         topology = await receive_topology(reader, spec)
     except FormationError as exc:
         print(f"wallaroo-run: {exc}", file=sys.stderr)
-        await _close(initializer, external, data, coordinating)
+        await _close(coordinating, initializer, external, data, service)
         return 1
     options = replace(options, key_groups=topology["key_groups"])
     placement = Placement(topology["index"], len(topology["workers"]), spec.name,
@@ -187,7 +220,7 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
     except (OSError, FormationError) as exc:
         print(f"wallaroo-run: cannot write this worker's run file: {exc}", file=sys.stderr)
         writer.close()
-        await _close(initializer, external, data, coordinating)
+        await _close(coordinating, initializer, external, data, service)
         return 1
     member = Member(app, options, source_configs, sink_configs, placement, (reader, writer),
                     app.serializer)
@@ -198,17 +231,19 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
         print(f'wallaroo: running "{app.name}" (pid {os.getpid()}) | {worker.describe()} | '
               f'worker {spec.name} ({placement.index + 1} of {placement.count})',
               file=sys.stderr, flush=True)
+        if service is not None:
+            service.announce()
 
     try:
         result = await member.run(link_over_tcp(data, topology, spec), on_started)
     except (StartupError, FormationError, ClusterStopped) as exc:
         print(f"wallaroo-run: {exc}", file=sys.stderr)
-        await _close(initializer, external, data, coordinating)
+        await _close(coordinating, initializer, external, data, service)
         if options.resilient and (member.rolled_back or member.coordinator_lost):
             _restart_to_recover(str(exc))
         return 2 if isinstance(exc, StartupError) else 1
     summaries = await coordinating if coordinating is not None else None
-    await _close(initializer, external, data, None)
+    await _close(None, initializer, external, data, service)
     if options.resilient and (member.rolled_back or member.coordinator_lost):
         _restart_to_recover(member.stopped_by or "the cluster rolls back")
     failed = control.coordinator is not None and control.coordinator.failure is not None
@@ -239,8 +274,8 @@ def _restart_to_recover(why: str) -> None:
     os.execv(command[0], command)
 
 
-async def _close(initializer, external, data, coordinating) -> None:
-    for server in (initializer, external, data):
+async def _close(coordinating, *servers) -> None:
+    for server in servers:
         if server is not None:
             await server.close()
     if coordinating is not None:

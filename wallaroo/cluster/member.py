@@ -23,12 +23,14 @@ import asyncio
 import functools
 import logging
 import os
+import time
 
 from wallaroo.cluster.barriers import BarrierAlignment, decode_marker
 from wallaroo.cluster.exchange import Counters, Direct, Exchange, WatermarkAligner, decode_record
 from wallaroo.cluster.wire import WireError, read_message, send_soon
 from wallaroo.runtime.checkpoint_store import CheckpointStore, ResilienceDirError
 from wallaroo.runtime.checkpointing import Checkpointer
+from wallaroo.runtime.metering import Reporter, WorkerMeter
 from wallaroo.runtime.report import result_summary
 from wallaroo.errors import RunStopped
 from wallaroo.runtime.placement import Placement
@@ -172,11 +174,15 @@ class Member:
             self._run_record(record, sender)
 
     def _run_record(self, record, sender: int) -> None:
+        started = time.monotonic_ns()
         try:
             exchange_id, batch = decode_record(record, self.deserialize)
+            self.counters.messages_received += len(batch.values)
             self._targets[exchange_id].push_from(sender, batch)
         except Exception as exc:  # user errors are handled in the ops: this is the engine's
             self.worker.crash(exc)
+        else:
+            self.worker.passed(started, len(batch.values))
         self.counters.received += 1
 
     def _run_waiting(self) -> None:
@@ -270,6 +276,12 @@ class Member:
             raise
         if on_started is not None:
             on_started(worker)
+        reporter = None
+        if worker.options.metrics:
+            reporter = Reporter(WorkerMeter(worker, self.counters),
+                                lambda report: self.tell({"type": "metrics", "report": report}),
+                                worker.options.quiet)
+            reporter.start()
         control = asyncio.get_running_loop().create_task(self._serve_control())
         control.add_done_callback(self._control_ended)
         await self._finish.wait()
@@ -277,6 +289,8 @@ class Member:
             if link is not None:
                 link.close()
         await worker.finish_output()
+        if reporter is not None:
+            reporter.stop()
         result = worker.result()
         if self.stopped_by is not None and result.failure is None:
             result.failure = ClusterStopped(self.stopped_by)

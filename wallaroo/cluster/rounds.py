@@ -181,6 +181,9 @@ class CheckpointRounds:
             self.durations.append(time.monotonic() - started)
             self.sizes.append(sum(r.get("bytes", 0) for r in replies))
             self.stalls.append(max(r.get("seconds", 0.0) for r in replies))
+            metrics = getattr(self.coordinator, "metrics", None)
+            if metrics is not None:
+                metrics.checkpoint_done(checkpoint_id, self.durations[-1], self.sizes[-1])
             log.debug("checkpoint %d complete in %.0f ms: %d bytes, %d keys", checkpoint_id,
                       self.durations[-1] * 1000, self.sizes[-1],
                       sum(r.get("keys", 0) for r in replies))

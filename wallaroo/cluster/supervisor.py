@@ -207,7 +207,10 @@ class Supervisor:
 
     def __init__(self, argv: list[str], count: int, key_groups: int, tcp_sources: dict,
                  announce, external: tuple[str, int] | None = None, secret: str | None = None,
-                 flush_timeout: float = 30.0, checkpoint_interval: float | None = None):
+                 flush_timeout: float = 30.0, checkpoint_interval: float | None = None,
+                 metrics=None):
+        #: The metrics hub the workers report to (wallaroo.metrics.hub), if any.
+        self.metrics = metrics
         self.flush_timeout = flush_timeout
         self.checkpoint_interval = checkpoint_interval
         self.external = external
@@ -256,6 +259,8 @@ class Supervisor:
                               "completing a checkpoint", fruitless)
                     return 1, summaries
                 self.restarts += 1
+                if self.metrics is not None:
+                    self.metrics.workers_restarted()
                 log.warning("restarting the %d workers (restart %d)", self.count, self.restarts)
         finally:
             if external is not None:
@@ -316,7 +321,8 @@ class Supervisor:
                             ", ".join(str(m.pid) for m in handles))
 
         self._coordinator = Coordinator(members, self.key_groups, self._describe_loss, ready,
-                                        self.flush_timeout, self.checkpoint_interval)
+                                        self.flush_timeout, self.checkpoint_interval,
+                                        self.metrics)
         return self._coordinator
 
     async def _reap(self, process, at_once: bool = False) -> int:

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Callable
 
 
@@ -35,6 +36,10 @@ class FlowControl:
         self._blockers: set = set()
         self._open: asyncio.Event | None = None
         self._listeners: list[tuple[Callable[[], None], Callable[[], None]]] = []
+        #: Per holder, nanoseconds it held the gate closed, over holds that have ended.
+        self._held_ns: dict = {}
+        #: Per current holder, when its hold began (time.monotonic_ns()).
+        self._since: dict = {}
 
     @property
     def paused(self) -> bool:
@@ -44,6 +49,8 @@ class FlowControl:
     def block(self, who) -> None:
         """Close the gate on behalf of ``who`` (a sink)."""
         was_open = not self._blockers
+        if who not in self._blockers:
+            self._since[who] = time.monotonic_ns()
         self._blockers.add(who)
         if was_open:
             if self._open is not None:
@@ -56,11 +63,29 @@ class FlowControl:
         if who not in self._blockers:
             return
         self._blockers.discard(who)
+        self._held_ns[who] = self._held_ns.get(who, 0) + time.monotonic_ns() - self._since.pop(who)
         if not self._blockers:
             if self._open is not None:
                 self._open.set()
             for _, resume in self._listeners:
                 resume()
+
+    def held_seconds(self) -> dict:
+        """Per holder (anyone who ever closed the gate), the seconds it has held it closed so
+        far, its current hold included: where back-pressure came from.
+
+        Example::
+
+            >>> gate = FlowControl()
+            >>> gate.block("sink"); gate.unblock("sink")
+            >>> list(gate.held_seconds()), gate.held_seconds()["sink"] >= 0
+            (['sink'], True)
+        """
+        now = time.monotonic_ns()
+        held = dict(self._held_ns)
+        for who, since in self._since.items():
+            held[who] = held.get(who, 0) + now - since
+        return {who: ns / 1e9 for who, ns in held.items()}
 
     def subscribe(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
         """Call ``pause()`` when the gate closes and ``resume()`` when it opens."""

@@ -34,8 +34,11 @@ from wallaroo.cluster.supervisor import LocalBootstrap, worker_name
 from wallaroo.api.configs import TCPSinkConfig, TCPSourceConfig
 from wallaroo.api.helpers import tcp_parse_input_addrs, tcp_parse_output_addrs
 from wallaroo.api.pipeline import Application
+from wallaroo._core.chain import set_latency_sampling
+from wallaroo.metrics.service import DEFAULT_ADDRESS, MetricsService, MetricsUnavailable
 from wallaroo.errors import WallarooParameterError
 from wallaroo.runtime.errors import POLICIES
+from wallaroo.runtime.metering import Reporter, WorkerMeter
 from wallaroo.runtime.report import report_end, result_summary, write_stats
 from wallaroo.runtime.worker import SOURCES as SOURCE_KINDS
 from wallaroo.runtime.worker import MAX_IDLE_TIMEOUT, RunOptions, StartupError, Worker
@@ -54,7 +57,7 @@ MAX_LOCAL_WORKERS = 32
 GC_THRESHOLDS = (100_000, 20, 20)
 
 # flag -> (destination, takes a value, acts now). Flags that do not act yet are accepted and
-# named in a note; they belong to metrics and log rotation.
+# named in a note; they belong to log rotation and stop pauses.
 ENGINE_FLAGS: dict[str, tuple[str, bool, bool]] = {}
 
 
@@ -86,7 +89,9 @@ _flag("--cluster-secret", "cluster_secret", True)
 _flag("--join-timeout", "join_timeout", True)
 _flag("--name -n", "name", True)
 _flag("--join -j", "join", True, acts=False)
-_flag("--metrics -m", "metrics", True, acts=False)
+_flag("--metrics -m", "metrics", True)
+_flag("--no-metrics", "no_metrics", False)
+_flag("--quiet -q", "quiet", False)
 _flag("--resilience-dir -r", "resilience_dir", True)
 _flag("--run-with-resilience", "run_with_resilience", False)
 _flag("--time-between-checkpoints", "time_between_checkpoints", True)
@@ -123,6 +128,10 @@ options:
   --resilience-dir DIR        where checkpoints go (default /tmp; must exist)
   --time-between-checkpoints NS
                               nanoseconds between checkpoints (default 1000000000)
+  --metrics HOST:PORT         serve the live dashboard, JSON and Prometheus metrics there
+                              (default: a free port on 127.0.0.1, printed at startup)
+  --no-metrics                no metrics: no latency sampling, no reports, no server
+  --quiet                     no metrics line in the log each second
 Original Wallaroo flags (--workers, --cluster-initializer, --resilience-dir, --metrics, ...)
 are accepted; Pony runtime flags (--ponythreads, ...) are accepted and ignored.
 Everything else is passed to application_setup(args)."""
@@ -277,7 +286,8 @@ def _options(flags: dict) -> RunOptions:
     return RunOptions(on_error=on_error, dead_letter=flags.get("dead_letter"),
                       key_groups=key_groups, flush_timeout=flush_timeout,
                       idle_timeout=idle_timeout, show_progress=not flags.get("no_progress"),
-                      resilience_dir=resilience_dir, checkpoint_interval=interval)
+                      resilience_dir=resilience_dir, checkpoint_interval=interval,
+                      metrics=not flags.get("no_metrics"), quiet=bool(flags.get("quiet")))
 
 
 @dataclass
@@ -382,16 +392,41 @@ def _exit_of(result) -> int:
     return result if isinstance(result, int) else result.exit_code
 
 
-async def _run(worker: Worker, app_name: str):
+async def _run(worker: Worker, app_name: str, metrics_address: tuple[str, int] | None):
+    """Run one worker, with its metrics served on ``metrics_address`` (None: no metrics)."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.signal_stop)
+    service = reporter = None
+    if metrics_address is not None:
+        service = MetricsService(worker.app, 1, metrics_address)
+        await service.start()
+        reporter = Reporter(WorkerMeter(worker), service.hub.update, worker.options.quiet)
 
     def started(w: Worker) -> None:
         print(f'wallaroo: running "{app_name}" (pid {os.getpid()}) | {w.describe()}',
               file=sys.stderr, flush=True)
+        if service is not None:
+            service.announce()
+            reporter.start()
 
-    return await worker.run(on_started=started)
+    try:
+        return await worker.run(on_started=started)
+    finally:
+        if reporter is not None:
+            reporter.stop()
+        if service is not None:
+            await service.close()
+
+
+def _metrics_address(flags: dict) -> tuple[str, int] | None:
+    """Where the metrics are served: ``--metrics HOST:PORT``, the default, or None with
+    ``--no-metrics``."""
+    if flags.get("no_metrics"):
+        if "metrics" in flags:
+            raise UsageError("--metrics and --no-metrics contradict each other: give one")
+        return None
+    return _address(flags, "metrics", "--metrics") or DEFAULT_ADDRESS
 
 
 def _user_location(exc: BaseException) -> str:
@@ -438,10 +473,13 @@ def main(argv: list[str] | None = None) -> int:
         later = sorted({name for name, (dest, _, acts) in ENGINE_FLAGS.items()
                         if not acts and dest in flags and name.startswith("--")})
         if later and local is None:
-            log.warning("note: %s accepted; metrics, log rotation and stop pauses are not in "
+            log.warning("note: %s accepted; log rotation and stop pauses are not in "
                         "this version yet, so this runs without them", ", ".join(later))
         options = _options(flags)
         topology = _topology(flags)
+        metrics_address = _metrics_address(flags)
+        if metrics_address is None:
+            set_latency_sampling(0)
         wallaroo._ARGS = ["wallaroo-run", *argv]
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
@@ -464,18 +502,23 @@ def main(argv: list[str] | None = None) -> int:
         return _exit_of(asyncio.run(run_local_member(local, app, options, source_configs,
                                                      sink_configs)))
     if topology.cluster is not None:
+        if "metrics" in flags and not topology.cluster.initializer:
+            log.warning("note: --metrics is served by the initializer (every worker reports "
+                        "to it); this worker ignores it")
         return asyncio.run(run_cluster_worker(topology.cluster, app, options, source_configs,
-                                              sink_configs, flags.get("stats_file")))
+                                              sink_configs, flags.get("stats_file"),
+                                              metrics_address))
     if options.resilient and local is None:
         _note_delivery_guarantees(app, source_configs, sink_configs)
     # the supervisor serves --external, and restarts workers that die (resilience)
     if topology.workers > 1 or topology.external is not None or options.resilient:
         return asyncio.run(supervise(argv, app, options, source_configs, topology.workers,
-                                     flags.get("stats_file"), topology.external, topology.secret))
+                                     flags.get("stats_file"), topology.external, topology.secret,
+                                     metrics_address))
     started = time.monotonic()
     try:
-        result = asyncio.run(_run(worker, app.name))
-    except StartupError as exc:
+        result = asyncio.run(_run(worker, app.name, metrics_address))
+    except (StartupError, MetricsUnavailable) as exc:
         print(f"wallaroo-run: {exc}", file=sys.stderr)
         return 2
     if flags.get("stats_file"):

@@ -78,6 +78,10 @@ class RunOptions:
     resilience_dir: str | None = None
     #: Seconds between checkpoints (``--time-between-checkpoints``, given in nanoseconds).
     checkpoint_interval: float = 1.0
+    #: Workers report their metrics every second (off with ``--no-metrics``).
+    metrics: bool = True
+    #: No per-interval metrics line in the log (``--quiet``).
+    quiet: bool = False
 
     @property
     def resilient(self) -> bool:
@@ -132,6 +136,8 @@ class SourceContext:
         #: with ingest time it is the clock.
         self.ingest_time = node.options.get("event_time") is None
         self.done = False
+        #: Messages this source has emitted (on this worker).
+        self.emitted = 0
         self.worker_name = placement.name
         self.resilient = worker.options.resilient
         #: Batches emitted while a checkpoint barrier holds the input (see ``release_held``).
@@ -143,6 +149,7 @@ class SourceContext:
         if worker.stopping:
             return False
         worker.ingested += len(values)
+        self.emitted += len(values)
         now = time.time_ns()
         mark = now if self.ingest_time else WATERMARK_NONE
         self._push(Batch(values, None, self.key, None, self.group, now, None, self.origin, mark))
@@ -159,10 +166,12 @@ class SourceContext:
         if self.worker.barrier_pending:   # after the barrier: it belongs to the next checkpoint
             self._held.append(batch)
             return
+        started = time.monotonic_ns()
         try:
             self.emitter.push(batch)
         except Exception as exc:  # an engine fault, not a user error: those are handled in ops
             self.crash(exc)
+        self.worker.passed(started, len(batch.values))
 
     def release_held(self) -> None:
         """The checkpoint's snapshot is taken: push what was emitted since its barrier."""
@@ -193,20 +202,22 @@ class SourceContext:
 
 class SinkProbe:
     """Stands before a sink: counts what reaches it and records, per message, the time from
-    ingest at the source to the sink's write (``latency``, nanoseconds).
+    ingest at the source to the sink's write (``latency``, nanoseconds): the start-to-end
+    latency of the sink's pipeline. ``node_id`` is the sink's id in the graph.
 
     Example::
 
         >>> class Keep:
         ...     def push(self, batch): pass
-        >>> probe = SinkProbe("out", Keep())
+        >>> probe = SinkProbe("out", Keep(), "n1")
         >>> probe.push(Batch([b"a", b"b"], ingest_ns=time.time_ns()))
         >>> probe.messages, probe.latency.count
         (2, 2)
     """
 
-    def __init__(self, name: str, sink):
+    def __init__(self, name: str, sink, node_id: str = ""):
         self.name = name
+        self.node_id = node_id
         self.sink = sink
         self.messages = 0
         self.latency = Histogram()
@@ -323,6 +334,13 @@ class Worker:
         self.stopping = False
         self.failure: BaseException | None = None
         self.ingested = 0
+        #: Per message, the time a batch takes to pass through this worker: from its arrival
+        #: (a source's emit, a record from another worker) to the end of its synchronous pass.
+        self.pass_latency = Histogram()
+        ids = app.graph.ids
+        #: What metrics measure: (stage id, graph node id, kind, name, op) for every op:
+        #: the graph's stages, a source's decoder and event-time extractor, a sink's encoder.
+        self.measured_ops: list[tuple[str, str, str, str, object]] = []
         self._stopped: asyncio.Event | None = None
         source_configs = source_configs or {}
         sink_configs = sink_configs or {}
@@ -335,14 +353,22 @@ class Worker:
             name = f"sink {position} ({config.describe()})"
             sink = self._connector(SINKS, config, "sink", name)(config, SinkContext(self, name))
             self.sinks.append(sink)
-            probe = SinkProbe(name, sink)
+            probe = SinkProbe(name, sink, ids[node])
             self.sink_probes.append(probe)
             targets[node] = probe
             if sink.encodes:  # the in-memory sink of wallaroo.testing takes values as they are
                 stage = f"{name}: encoder {_function_name(config.encoder)!r}"
-                targets[node] = Chain([EncodeOp(stage, config.encoder.encode, self.errors)], [probe])
+                encode = EncodeOp(stage, config.encoder.encode, self.errors)
+                self.measured_ops.append((f"{ids[node]}.encoder", ids[node], "encoder", stage,
+                                          encode))
+                targets[node] = Chain([encode], [probe])
         #: The running chain of each chain of the plan (their ops hold the live state).
-        self.chains = {spec: Chain([self._op(n) for n in spec.nodes]) for spec in self.plan.chains}
+        self.chains = {}
+        for spec in self.plan.chains:
+            ops = [self._op(n) for n in spec.nodes]
+            self.measured_ops += [(ids[n], ids[n], n.kind, n.name, op)
+                                  for n, op in zip(spec.nodes, ops)]
+            self.chains[spec] = Chain(ops)
         targets.update(self.chains)
         # On one worker an exchange edge hands batches straight on: every key group is local.
         # Wired from the last chain back, so each knows whether watermarks matter after it.
@@ -363,11 +389,15 @@ class Worker:
             if decoder is not None:
                 stage = f"{node.name}: decoder {_function_name(decoder)!r}"
                 ops.append(DecodeOp(stage, decoder.decode, self.errors))
+                self.measured_ops.append((f"{ids[node]}.decoder", ids[node], "decoder", stage,
+                                          ops[-1]))
             event_time = node.options.get("event_time")
             if event_time is not None:
                 fn_name = getattr(event_time, "__qualname__", type(event_time).__name__)
                 stage = f"{node.name}: event_time {fn_name!r}"
                 ops.append(EventTimeOp(stage, event_time, self.errors))
+                self.measured_ops.append((f"{ids[node]}.event_time", ids[node], "event_time",
+                                          stage, ops[-1]))
             emitter = Chain(ops)
             for edge in edges:
                 target = self._target(targets, edge, exchange)
@@ -378,6 +408,11 @@ class Worker:
             if not self.placement.runs(getattr(source, "spread", "first")):
                 source = AbsentSource(source)
             self.sources.append(source)
+
+    def passed(self, started_ns: int, messages: int) -> None:
+        """A batch of ``messages`` that arrived at ``started_ns`` (``time.monotonic_ns()``) has
+        passed through this worker: record the time it took (``pass_latency``)."""
+        self.pass_latency.record_many(time.monotonic_ns() - started_ns, messages)
 
     def _target(self, targets: dict, edge, exchange):
         """What an edge of the plan pushes to: its target, or an exchange in front of it."""
