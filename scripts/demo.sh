@@ -7,7 +7,8 @@
 #      2; the app is unchanged), its TCP source on a free port;
 #   3. sends examples/word_count/count_this.txt (the Bill of Rights) with `wallaroo send`;
 #   4. waits for one output line per word, prints the final count of every word;
-#   5. stops the application with SIGTERM and checks that it exited cleanly (status 0).
+#   5. shows the run's metrics with `wallaroo top --once` (the live dashboard's address too);
+#   6. stops the application with SIGTERM and checks that it exited cleanly (status 0).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -108,7 +109,16 @@ echo "Most frequent words:"
 awk -F' => ' '{ print $2, $1 }' "$WORK/final.txt" | sort -k1,1nr -k2,2 \
     | awk 'NR <= 5 { printf "    %-12s %s\n", $2, $1 }'
 
-say "5. Stopping the application with SIGTERM"
+say "5. The run's metrics (wallaroo top --once; the workers report every second)"
+line=$(wait_for_line "$WORK/wallaroo-run.log" 'metrics: dashboard at' "$APP_PID") \
+    || fail "the application did not say where its metrics are"
+METRICS_URL=$(sed -nE 's/.*dashboard at (http:[^ ]+).*/\1/p' <<< "$line")
+echo "    live dashboard: $METRICS_URL (JSON: ${METRICS_URL}api/metrics, Prometheus: ${METRICS_URL}metrics)"
+sleep 1.5   # one more report from every worker, so the counts are final
+COLUMNS=110 "$BIN/wallaroo" top --metrics "$METRICS_URL" --once | sed 's/^/    /' \
+    || fail "wallaroo top could not read the metrics at $METRICS_URL"
+
+say "6. Stopping the application with SIGTERM"
 kill -TERM "$APP_PID"
 status=0
 wait "$APP_PID" || status=$?
