@@ -18,7 +18,7 @@ Example::
     True
 """
 cimport cython
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint64_t, UINT64_MAX
 
 cdef extern from *:
     """
@@ -32,11 +32,20 @@ cdef extern from *:
 BINS = 64
 
 
+cdef inline uint64_t add_saturating(uint64_t a, uint64_t b) noexcept nogil:
+    return UINT64_MAX if a > UINT64_MAX - b else a + b
+
+
+cdef inline uint64_t mul_saturating(uint64_t a, uint64_t b) noexcept nogil:
+    return UINT64_MAX if b != 0 and a > UINT64_MAX // b else a * b
+
+
 @cython.final
 cdef class Histogram:
     """Counts of nanosecond values by power-of-two bin, with count, sum, min and max.
 
-    Negative values (a clock that stepped back) count as 0.
+    Negative values (a clock that stepped back) count as 0. The sum is a 64-bit count of
+    nanoseconds (584 years); it stays at its largest value rather than wrap.
 
     Example::
 
@@ -74,7 +83,7 @@ cdef class Histogram:
         if value > self.max:
             self.max = value
         self.count += times
-        self.total += value * <object>times
+        self.total = add_saturating(self.total, mul_saturating(<uint64_t>value, times))
 
     @staticmethod
     def bin_of(int64_t value):
@@ -130,7 +139,7 @@ cdef class Histogram:
 
     def mean(self):
         """The mean of the counted values (0.0 when nothing was counted)."""
-        return self.total / self.count if self.count else 0.0
+        return <double>self.total / self.count if self.count else 0.0
 
     def merge(self, Histogram other):
         """Add ``other``'s counts to this histogram.
@@ -153,7 +162,7 @@ cdef class Histogram:
         if other.max > self.max:
             self.max = other.max
         self.count += other.count
-        self.total += other.total
+        self.total = add_saturating(self.total, other.total)
 
     def reset(self):
         """Forget everything counted."""
@@ -233,7 +242,8 @@ cdef class Histogram:
 
     def difference(self, Histogram earlier):
         """What was counted since ``earlier`` (an older copy of this histogram): the bins'
-        differences. Min and max are this histogram's (they cannot be taken apart).
+        differences. Min and max cannot be taken apart: they are this histogram's, kept
+        within the bins that hold the difference.
 
         Example::
 
@@ -251,7 +261,14 @@ cdef class Histogram:
                 raise ValueError(f"the earlier histogram is not an older copy: bin {i} holds more")
             h.counts[i] = self.counts[i] - earlier.counts[i]
         h.count = self.count - earlier.count
-        h.total = self.total - earlier.total
-        h.min = self.min if h.count else 0
-        h.max = self.max if h.count else 0
+        h.total = self.total - earlier.total if self.total > earlier.total else 0
+        cdef int first = -1, last = -1
+        for i in range(BINS):
+            if h.counts[i]:
+                if first < 0:
+                    first = i
+                last = i
+        if h.count:
+            h.min = max(self.min, <int64_t>(self.bin_range(first)[0]))
+            h.max = min(self.max, <int64_t>(self.bin_range(last)[1] - 1))
         return h

@@ -105,9 +105,10 @@ class WorkerFigures:
         self.received_at = 0.0
         #: (report time, {series key: messages}) of the report before the last one.
         self.previous: tuple[float, dict] | None = None
-        #: (report time, {series key: cumulative Histogram}), oldest first.
+        #: (report time, {series key: cumulative Histogram}), oldest first. It starts with an
+        #: empty entry (nothing counted yet), so what the first report holds is recent too.
         self.window: collections.deque = collections.deque()
-        #: Per back-pressure holder, (seconds held at the previous report, at the last).
+        #: Per back-pressure holder, [seconds held at the previous report, at the last, name].
         self.held: dict[str, list] = {}
 
     def take(self, report: dict, received_at: float) -> None:
@@ -118,6 +119,7 @@ class WorkerFigures:
         if restarted:
             for series in self.series.values():
                 series.restarted()
+            self.held.clear()   # the new process's holds count from zero
         self.previous = None if self.report is None else (
             self.report["time"], {key: s.messages for key, s in self.series.items()})
         self.pid = report.get("pid")
@@ -129,7 +131,9 @@ class WorkerFigures:
         self.series[("out",)].take(report["messages_out"], None)
         for by, hold in report.get("backpressure", {}).items():
             before = self.held.get(by, [0.0, 0.0])[1]
-            self.held[by] = [0.0 if restarted else before, hold["seconds"], hold["name"]]
+            self.held[by] = [before, hold["seconds"], hold["name"]]
+        if self.report is None:
+            self.window.append((report.get("started") or report["time"], {}))
         self.report = report
         self.received_at = received_at
         now = report["time"]
@@ -155,7 +159,7 @@ class WorkerFigures:
             return Histogram()
         latest = self.window[-1][1][key]
         oldest = self.window[0][1].get(key)
-        if oldest is None or len(self.window) == 1:
+        if oldest is None:   # the series began within the window
             return latest
         return latest.difference(oldest)
 

@@ -1,8 +1,9 @@
 """The hub's figures as Prometheus text (exposition format 0.0.4), which a Prometheus server
 scrapes from ``/metrics`` as it is.
 
-Counters count messages; histograms are latencies in seconds, with one bucket per power of two
-nanoseconds (``le`` = 2**b ns) up to about 18 minutes, then +Inf. A stage's latency histogram
+Counters count messages; histograms are latencies in seconds, with one bucket per power-of-two
+bin: ``le`` is the bin's largest value, 2**b - 1 ns (latencies are whole nanoseconds), up to about
+18 minutes, then +Inf. A stage's latency histogram
 counts the messages whose work was timed (one in ``latency_sampling()``), so its ``_count`` is
 smaller than the stage's message counter.
 
@@ -97,7 +98,7 @@ def _histogram(name: str, labels: dict, latency: Histogram) -> list[str]:
     seen = 0
     for b in range(LAST_BUCKET + 1):
         seen += bins[b]
-        upper = Histogram.bin_range(b)[1] / 1e9
+        upper = (Histogram.bin_range(b)[1] - 1) / 1e9   # the bin's largest value
         lines.append(_line(f"{name}_bucket", {**labels, "le": repr(upper)}, seen))
     lines.append(_line(f"{name}_bucket", {**labels, "le": "+Inf"}, latency.count))
     lines.append(_line(f"{name}_sum", labels, latency.total / 1e9))

@@ -59,6 +59,7 @@ class WorkerMeter:
         self.counters = counters
         self.process = psutil.Process()
         self.process.cpu_percent(None)   # the first call starts the measure
+        self._cpu = (time.monotonic(), 0.0)
         #: When this process began reporting: with the pid, it tells a restarted worker
         #: (which counts from zero again) from the one before, even after an exec.
         self.started = time.time()
@@ -97,7 +98,16 @@ class WorkerMeter:
                 "messages_in": self.messages_in(), "messages_out": self.messages_out(),
                 "latency_ns": worker.pass_latency.to_dict(),
                 "backpressure": self._backpressure(),
-                "cpu_percent": self.process.cpu_percent(None), "rss_bytes": memory.rss}
+                "cpu_percent": self._cpu_percent(), "rss_bytes": memory.rss}
+
+    def _cpu_percent(self) -> float:
+        """CPU use since the last measure; a measure over less than half an interval (the last
+        report, at the end of a run) is noise, so the previous one stands."""
+        measured_at, percent = self._cpu
+        now = time.monotonic()
+        if now - measured_at >= REPORT_INTERVAL / 2:
+            self._cpu = (now, self.process.cpu_percent(None))
+        return self._cpu[1]
 
     def _backpressure(self) -> dict[str, dict]:
         """Seconds each holder has kept this worker's sources waiting, by who it is: a sink
