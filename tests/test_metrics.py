@@ -1206,3 +1206,121 @@ class TestServer:
     def test_url(self, server):
         assert server.server.url == f"http://127.0.0.1:{server.port}/"
         assert MetricsServer(MetricsHub(_inc_app(), 1), "::1", 80).url == "http://[::1]:80/"
+
+
+class TestServerLimits:
+    """What keeps a client from hurting the run: timeouts, a connection limit, answers for
+    requests it cannot serve, and a clean close with connections open."""
+
+    def test_an_idle_connection_is_closed_after_the_timeout(self, server, monkeypatch):
+        monkeypatch.setattr("wallaroo.metrics.server.REQUEST_TIMEOUT", 0.2)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET /api/graph HTTP/1.1\r\nHost: x\r\n")   # a head never finished
+            started = time.monotonic()
+            assert sock.recv(100) == b""          # closed by the server
+            assert time.monotonic() - started < 3
+
+    def test_connections_over_the_limit_are_answered_503(self, server, monkeypatch):
+        monkeypatch.setattr("wallaroo.metrics.server.MAX_CONNECTIONS", 2)
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                for _ in range(2)]
+        try:
+            time.sleep(0.1)                        # both are being served (idle)
+            status, _, body = request(server.port, "GET", "/api/graph")
+            assert status == 503 and b"too many" in body
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.1)
+        assert request(server.port, "GET", "/api/graph")[0] == 200
+
+    def test_a_huge_request_head_is_answered_431(self, server):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nX: " + b"a" * 40_000 + b"\r\n\r\n")
+            status, _, _ = read_response(sock)
+        assert status == 431
+
+    def test_a_hub_that_fails_gives_500_and_the_server_goes_on(self, server, monkeypatch):
+        monkeypatch.setitem(server.server._routes, "/api/metrics", lambda: 1 / 0)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET /api/metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = read_response(sock)
+            assert status == 500 and b"ZeroDivisionError" in body
+            sock.sendall(b"GET /api/graph HTTP/1.1\r\nHost: x\r\n\r\n")   # same connection
+            assert read_response(sock)[0] == 200
+
+    def test_close_ends_open_connections_quietly(self, caplog):
+        """A dashboard's kept-alive connection at the end of a run: close() ends its task; no
+        error is logged by the loop (a cancelled handler used to print a traceback)."""
+        hub = MetricsHub(_inc_app(), 1)
+
+        async def serve_and_close():
+            server = MetricsServer(hub, "127.0.0.1", 0)
+            await server.start()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /api/graph HTTP/1.1\r\nHost: x\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            await server.close()
+            # the connection is ended at once (not by the idle timeout), and no task is left
+            rest = await asyncio.wait_for(reader.read(), 2)   # the body, then the end
+            assert rest.endswith(b"}") and reader.at_eof()
+            assert asyncio.all_tasks() == {asyncio.current_task()}
+            writer.close()
+            return server
+
+        errors = []
+        loop = asyncio.new_event_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        try:
+            server = loop.run_until_complete(serve_and_close())
+            loop.run_until_complete(asyncio.sleep(0.05))
+        finally:
+            loop.close()
+        assert errors == []
+        assert not server._connections
+
+
+class TestHubState:
+    def test_state_round_trip_keeps_totals_history_and_checkpoints(self, clock):
+        hub = MetricsHub(_inc_app(), workers=2, clock=clock)
+        hub.update(report("worker-0", pid=1, t=1000.0, n=40, lat=latency([500] * 4)))
+        hub.update(report("worker-1", pid=2, t=1000.0, n=2, lat=latency([9_000])))
+        hub.tick()
+        hub.checkpoint_done(3, 0.5, 100)
+        state = json.loads(json.dumps(hub.state()))   # it goes through a file as JSON
+
+        again = MetricsHub(_inc_app(), workers=2, clock=clock)
+        again.restore(state)
+        again.workers_restarted()
+        metrics = again.metrics()
+        assert stage(metrics, "n1")["messages"] == 42
+        assert metrics["workers"] == []          # nobody has reported to this hub yet
+        assert metrics["checkpoints"]["last_id"] == 3 and metrics["checkpoints"]["restarts"] == 1
+        assert len(again.history()["time"]) == 1
+        assert "wallaroo_worker_cpu_percent" in exposition(again)   # no worker figures: no crash
+
+        clock.now += 1
+        # the restarted workers count from zero: the totals go on from the restored ones
+        again.update(report("worker-0", pid=11, t=1001.0, n=5, lat=latency([700])))
+        metrics = again.metrics()
+        assert stage(metrics, "n1")["messages"] == 47
+        # the recent latency is what the new process timed, not the restored history
+        assert stage(metrics, "n1")["workers"]["worker-0"]["latency_ns"]["count"] == 1
+
+
+class TestCoordinatorReports:
+    def test_a_report_the_hub_rejects_is_dropped_and_named(self, caplog):
+        """A bad report (here: bins that do not add up) must not end the coordinator's
+        listener; the report is named by the worker's connection, not by what it says."""
+        from wallaroo.cluster.coordinator import Coordinator, MemberHandle
+
+        hub = MetricsHub(_inc_app(), workers=1)
+        coordinator = Coordinator([], key_groups=4, metrics=hub)
+        member = MemberHandle("worker-0", 0, reader=None, writer=None)
+        bad = report("someone-else", n=3, lat={"count": 5, "sum": 1, "min": 1, "max": 1,
+                                               "bins": {"1": 1}})
+        with caplog.at_level("WARNING", logger="wallaroo"):
+            coordinator._take_report(member, bad)
+        assert "dropped a report of worker worker-0" in caplog.text
+        coordinator._take_report(member, report("someone-else", n=3))
+        assert list(hub.figures) == ["worker-0"]

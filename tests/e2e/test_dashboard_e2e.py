@@ -152,6 +152,17 @@ def check_page(browser: Browser, url: str, app: App) -> tuple[dict, dict]:
         return charts.length > 0 && charts.every((chart) => Number(chart.dataset.max) > 0);
     })()""", timeout=PAGE_TIMEOUT)
     graph = get_json(f"{url}/api/graph", app)   # now that the workers have reported
+    # every pipeline and every timed stage shows its five percentiles and its latency bins
+    timed = [pipe["id"] for pipe in metrics["pipelines"]] + [
+        stage["id"] for stage in metrics["stages"] if stage["kind"] != "source"]
+    filled = browser.wait_for(f"""(() => {{
+        const rows = {json.dumps(timed)}.map((id) => document.getElementById("row-" + id));
+        return rows.every((row) => row
+            && [...row.querySelectorAll("td.num")].slice(2, 7)
+                   .every((cell) => /^[0-9.,]+\\s*(ns|µs|ms|s)$/.test(cell.innerText.trim()))
+            && row.querySelectorAll("svg.bins rect").length > 0);
+    }})()""", timeout=PAGE_TIMEOUT)
+    assert filled, "percentiles or latency bins are missing from a row"
 
     problems = browser.problems()
     assert not problems, "the page had problems:\n" + "\n".join(problems)

@@ -371,13 +371,16 @@ def test_two_workers_split_the_counts(processes, listener, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # a TCP cluster: the workers report to the initializer, which serves the metrics
 
-def test_tcp_cluster_serves_metrics_at_the_initializer(processes, listener, tmp_path):
-    sink = listener()
+def start_tcp_cluster(processes, sink, tmp_path, *extra: str, source_port: int = 0):
+    """A TCP cluster of the initializer (serving the metrics on a free port) and w1, with
+    ``extra`` flags on both; (the run at the initializer, w1, the command line of a worker,
+    the run folder)."""
     control, data, port = free_ports(3)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    common = [WALLAROO_RUN, "--app", APP, "--in", f"words@{HOST}:0", "--out", sink.address,
-              "--control", f"{HOST}:{control}", "--resilience-dir", str(run_dir)]
+    common = [WALLAROO_RUN, "--app", APP, "--in", f"words@{HOST}:{source_port}",
+              "--out", sink.address, "--control", f"{HOST}:{control}",
+              "--resilience-dir", str(run_dir), *extra]
     init = processes([*common, "--cluster-initializer", "--worker-count", "2",
                       "--data", f"{HOST}:{data}", "--metrics", f"{HOST}:{port}"],
                      name="wallaroo-run initializer", cwd=tmp_path, env=app_env(),
@@ -389,7 +392,12 @@ def test_tcp_cluster_serves_metrics_at_the_initializer(processes, listener, tmp_
     w1.startup()
     url = init.wait_stderr(DASHBOARD_RE)["url"]
     assert url == f"http://{HOST}:{port}/"
-    run = Run(init, ports["words"], url)
+    return Run(init, ports["words"], url), w1, [*common, "--name", "w1"], run_dir
+
+
+def test_tcp_cluster_serves_metrics_at_the_initializer(processes, listener, tmp_path):
+    run, w1, _, _ = start_tcp_cluster(processes, listener(), tmp_path)
+    init = run.proc
     workers = ["initializer", "w1"]
 
     run.send(N)
@@ -409,6 +417,46 @@ def test_tcp_cluster_serves_metrics_at_the_initializer(processes, listener, tmp_
     assert w1.wait(STOP_TIMEOUT) == 0, w1.describe()
     for proc in (init, w1):
         assert "Traceback" not in proc.stderr, proc.describe()
+
+
+def test_tcp_cluster_initializer_keeps_the_metrics_across_its_restart(processes, listener,
+                                                                     tmp_path):
+    """With resilience, a TCP cluster recovers by re-executing its workers, the initializer
+    (which serves the metrics) included: the totals and the checkpoints go on from where they
+    were, at the same address, and the restart is counted."""
+    run, w1, w1_command, run_dir = start_tcp_cluster(
+        processes, listener(), tmp_path, "--run-with-resilience",
+        "--time-between-checkpoints", "200000000",
+        source_port=free_port())   # the source keeps its port across the exec
+    init = run.proc
+    workers = ["initializer", "w1"]
+    run.send(N)
+    wait_counted(run, N)
+    done = run.json("api/metrics")["checkpoints"]["completed"]
+    wait_for(lambda: run.json("api/metrics")["checkpoints"]["completed"] >= done + 2,
+             "two more checkpoints", init)
+
+    w1.kill()
+    init.wait_stderr(r"restarting this worker with the same command line", timeout=20)
+    w1 = processes(w1_command, name="wallaroo-run w1 again", cwd=tmp_path, env=app_env(),
+                   timeout=START_TIMEOUT)
+
+    def recovered():
+        metrics = run.json("api/metrics")
+        names = sorted(w["name"] for w in metrics["workers"])
+        return metrics if names == workers and metrics["checkpoints"]["restarts"] == 1 else None
+
+    metrics = wait_for(recovered, "the cluster's metrics after its restart", init, timeout=30)
+    assert metrics["checkpoints"]["completed"] >= done + 2, metrics["checkpoints"]
+    check_stage_counts(metrics, N, workers)   # the totals from before the restart are kept
+    assert not list(run_dir.glob("*.metrics.json")), "the carried metrics were left behind"
+
+    run.send(1000, N)
+    metrics = wait_counted(run, N + 1000)
+    check_stage_counts(metrics, N + 1000, workers)
+    init.signal(signal.SIGTERM)
+    assert init.wait(STOP_TIMEOUT) == 0, init.describe()
+    assert w1.wait(STOP_TIMEOUT) == 0, w1.describe()
 
 
 # ---------------------------------------------------------------------------------------------

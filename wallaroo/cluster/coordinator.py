@@ -413,6 +413,17 @@ class Coordinator:
                 self.failure = f"checkpoint {message.get('id')} failed: {message.get('error')}"
                 log.error("%s; the last complete checkpoint is kept", self.failure)
 
+    def _take_report(self, member: MemberHandle, report) -> None:
+        """Hand a worker's metrics report to the hub; one the hub cannot take is logged and
+        dropped (metrics must never stop the run)."""
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.update({**report, "worker": member.name})
+        except Exception as exc:
+            log.warning("metrics: dropped a report of worker %s: %s: %s", member.name,
+                        type(exc).__name__, exc)
+
     def _broadcast(self, message: dict) -> None:
         for member in self.members:
             member.send(message)
@@ -436,8 +447,7 @@ class Coordinator:
                 return
             kind = message.get("type")
             if kind == "metrics":
-                if self.metrics is not None:
-                    self.metrics.update(message["report"])
+                self._take_report(member, message.get("report"))
                 continue
             if kind in ("checkpointed", "committed", "checkpoint_failed") and self.rounds:
                 if self.rounds.answer(member, message):

@@ -494,6 +494,7 @@ def link_over_tcp(data: DataPort, topology: dict, spec: ClusterSpec):
 
 class RunFile:
     """A small JSON file naming a running worker (pid, addresses); removed on a clean stop.
+    (``kind`` names another file of a worker, kept the same way.)
 
     It lives in ``folder`` (``--resilience-dir``) or in a folder of this user's own in the
     system's temporary folder (created 0700, refused if someone else owns it); it is written
@@ -507,7 +508,7 @@ class RunFile:
         (True, None, False)
     """
 
-    def __init__(self, folder: str | None, app_name: str, worker: str):
+    def __init__(self, folder: str | None, app_name: str, worker: str, kind: str = "worker"):
         if folder is None:
             folder = os.path.join(tempfile.gettempdir(), f"wallaroo-{os.getuid()}")
             os.makedirs(folder, mode=0o700, exist_ok=True)
@@ -518,7 +519,15 @@ class RunFile:
         else:
             os.makedirs(folder, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{app_name}-{worker}")
-        self.path = os.path.join(folder, f"{safe}.worker.json")
+        self.path = os.path.join(folder, f"{safe}.{kind}.json")
+
+    def read(self) -> dict | None:
+        """The file's JSON, or None when there is no such file."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
 
     def write(self, data: dict) -> None:
         """Write ``data`` as the file's JSON, replacing what it held (a reader never sees half

@@ -173,12 +173,19 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     control = ClusterControl()
-    initializer = external = coordinating = service = None
+    initializer = external = coordinating = service = carried = None
     data = None
     if spec.initializer:
+        state = None
+        if metrics_address is not None and options.resilient:
+            carried, state = _carried_metrics(spec, app)
+            if state is not None and metrics_address[1] == 0:   # the same address as before
+                metrics_address = (metrics_address[0], state.get("port", 0))
         service = await _start_metrics(app, spec.worker_count, metrics_address, options.resilient)
         if service is False:
             return 2
+        if service is not None and state is not None:
+            _restore_metrics(service, state)
     try:
         if spec.initializer:
             initializer = Initializer(spec, options.key_groups, control, options.flush_timeout,
@@ -240,12 +247,12 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
         print(f"wallaroo-run: {exc}", file=sys.stderr)
         await _close(coordinating, initializer, external, data, service)
         if options.resilient and (member.rolled_back or member.coordinator_lost):
-            _restart_to_recover(str(exc))
+            _restart_to_recover(str(exc), service, carried)
         return 2 if isinstance(exc, StartupError) else 1
     summaries = await coordinating if coordinating is not None else None
     await _close(None, initializer, external, data, service)
     if options.resilient and (member.rolled_back or member.coordinator_lost):
-        _restart_to_recover(member.stopped_by or "the cluster rolls back")
+        _restart_to_recover(member.stopped_by or "the cluster rolls back", service, carried)
     failed = control.coordinator is not None and control.coordinator.failure is not None
     code = max(result.exit_code, 1 if failed else 0)   # the coordinator saw a worker fail
     if stats_file:
@@ -259,12 +266,43 @@ async def run_cluster_worker(spec: ClusterSpec, app, options: RunOptions, source
     return code
 
 
-def _restart_to_recover(why: str) -> None:
+def _carried_metrics(spec: ClusterSpec, app) -> tuple[RunFile | None, dict | None]:
+    """Where the initializer keeps its metrics across the exec that restarts it to recover (a
+    file named by its pid: an exec keeps the pid, so only this process's next image reads it),
+    and what it holds when this process is that next image (None otherwise). The file is
+    removed once read."""
+    try:
+        carried = RunFile(spec.run_dir, app.name, f"{spec.name}-{os.getpid()}", kind="metrics")
+        state = carried.read()
+        if state is not None:
+            carried.remove()
+    except (OSError, ValueError, FormationError) as exc:
+        log.warning("metrics: cannot carry them across a restart: %s", exc)
+        return None, None
+    return carried, state
+
+
+def _restore_metrics(service, state: dict) -> None:
+    """The metrics of this initializer's previous image go on, and the restart is counted."""
+    try:
+        service.hub.restore(state)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("metrics: the figures from before the restart are lost: %s", exc)
+    service.hub.workers_restarted()
+
+
+def _restart_to_recover(why: str, service=None, carried: RunFile | None = None) -> None:
     """With resilience on, a cluster worker that lost the cluster (a worker or the initializer
     died, or the coordinator rolled back) starts itself again with the same command line: it
     rejoins the initializer and restores the last complete checkpoint with the others. (A
-    worker stopped for another reason, a failing stage say, is not restarted.)"""
+    worker stopped for another reason, a failing stage say, is not restarted.) The
+    initializer's metrics go into ``carried`` for its next image."""
     stop_children()   # a snapshot being written must not land after the restart looks
+    if service is not None and carried is not None:
+        try:
+            carried.write({**service.hub.state(), "port": service.server.port})
+        except OSError as exc:
+            log.warning("metrics: cannot keep them across the restart: %s", exc)
     log.warning("%s: restarting this worker with the same command line to restore the last "
                 "complete checkpoint", why)
     logging.shutdown()

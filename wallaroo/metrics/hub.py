@@ -132,7 +132,7 @@ class WorkerFigures:
         for by, hold in report.get("backpressure", {}).items():
             before = self.held.get(by, [0.0, 0.0])[1]
             self.held[by] = [before, hold["seconds"], hold["name"]]
-        if self.report is None:
+        if not self.window:
             self.window.append((report.get("started") or report["time"], {}))
         self.report = report
         self.received_at = received_at
@@ -262,7 +262,8 @@ class MetricsHub:
                                   {"id": p["id"], "node": p["id"], "name": p["pipeline"],
                                    "sink": p["name"]}, ("pipeline", p["id"]), now)
                               for p in self._pipelines],
-                "workers": [self._worker_view(f, now) for _, f in sorted(self.figures.items())],
+                "workers": [self._worker_view(f, now) for _, f in sorted(self.figures.items())
+                            if f.report is not None],
                 "checkpoints": dict(self.checkpoints) if self.checkpoints else None}
 
     def history(self) -> dict:
@@ -275,6 +276,47 @@ class MetricsHub:
                 "pipelines": {p["id"]: [pt[2].get(p["id"], 0.0) for pt in points]
                               for p in self._pipelines},
                 "workers": {name: [p[3].get(name, 0.0) for p in points] for name in self.figures}}
+
+    def state(self) -> dict:
+        """What the hub has counted, as JSON-ready data that ``restore`` takes back: a TCP
+        cluster's initializer keeps it across the exec that restarts it to recover.
+
+        Example::
+
+            >>> import wallaroo
+            >>> p = wallaroo.source("n", wallaroo.IterSourceConfig("n", [])).to_sink(
+            ...     wallaroo.StdoutSinkConfig(wallaroo.encoder(str)))
+            >>> hub = MetricsHub(wallaroo.build_application("c", p), workers=1)
+            >>> hub.update({"worker": "w", "pid": 1, "time": 5.0, "messages_in": 3,
+            ...             "messages_out": 3, "stages": {}, "sinks": {}, "latency_ns": None,
+            ...             "cpu_percent": 0.0, "rss_bytes": 1})
+            >>> again = MetricsHub(wallaroo.build_application("c", p), workers=1)
+            >>> again.restore(hub.state())
+            >>> again.figures["w"].series[("in",)].messages
+            3
+        """
+        return {"started": self.started, "stages": self._stages,
+                "checkpoints": self.checkpoints,
+                "history": [list(point) for point in self.history_points],
+                "workers": {name: [[list(key), series.messages, series.latency().to_dict()]
+                                   for key, series in figures.series.items()]
+                            for name, figures in self.figures.items()}}
+
+    def restore(self, state: dict) -> None:
+        """Take back what ``state()`` gave: every total goes on from there."""
+        self.started = state["started"]
+        self._stages = state["stages"]
+        self._stage_ids = {stage["id"] for stage in self._stages}
+        self.checkpoints = state["checkpoints"]
+        self.history_points.extend(tuple(point) for point in state["history"])
+        now = self.clock()
+        for name, series_list in state["workers"].items():
+            figures = self.figures[name] = WorkerFigures(name)
+            for key, messages, latency in series_list:
+                series = figures.series[tuple(key)]
+                series.base_messages = messages
+                series.base_latency = Histogram.from_dict(latency)
+            figures.window.append((now, {key: s.latency() for key, s in figures.series.items()}))
 
     def series(self):
         """For Prometheus: (kind, id, worker, messages, cumulative Histogram) for every series

@@ -69,6 +69,8 @@ def exposition(hub) -> str:
                 samples["wallaroo_worker_latency_seconds"] += _histogram(
                     "wallaroo_worker_latency_seconds", labels, latency)
     for name, figures in sorted(hub.figures.items()):
+        if figures.report is None:   # not heard from since the hub was restored
+            continue
         labels = {"app": app, "worker": name}
         samples["wallaroo_worker_cpu_percent"].append(_line(
             "wallaroo_worker_cpu_percent", labels, figures.report["cpu_percent"]))

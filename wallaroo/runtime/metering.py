@@ -184,16 +184,17 @@ class Reporter:
             self.report()
 
     def report(self) -> None:
-        """Send (and log) the figures now."""
-        report = self.meter.report()
-        self.send(report)
-        if not self.quiet:
-            log.info("%s", self.meter.log_line(report))
+        """Send (and log) the figures now; a failure is logged (metrics must never stop the
+        run)."""
+        try:
+            report = self.meter.report()
+            self.send(report)
+            if not self.quiet:
+                log.info("%s", self.meter.log_line(report))
+        except Exception as exc:
+            log.warning("metrics: a report failed: %s: %s", type(exc).__name__, exc)
 
     async def _every(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            try:
-                self.report()
-            except Exception as exc:   # metrics must never stop the run
-                log.warning("metrics: a report failed: %s: %s", type(exc).__name__, exc)
+            self.report()

@@ -35,6 +35,9 @@ import click
 
 #: Clears the terminal and puts the cursor at the top left.
 CLEAR = "\x1b[H\x1b[2J"
+#: What a wallaroo metrics answer holds at the top.
+METRICS_KEYS = ("app", "uptime_s", "workers_expected", "checkpoints", "stages", "pipelines",
+                "workers")
 
 
 def fetch(base: str, timeout: float = 2.0) -> dict:
@@ -42,7 +45,7 @@ def fetch(base: str, timeout: float = 2.0) -> dict:
     be reached, ValueError when what it answers is not the metrics JSON."""
     with urllib.request.urlopen(base + "api/metrics", timeout=timeout) as response:
         data = json.loads(response.read())
-    if not isinstance(data, dict) or "stages" not in data:
+    if not isinstance(data, dict) or not all(key in data for key in METRICS_KEYS):
         raise ValueError(f"{base} does not serve wallaroo metrics")
     return data
 
@@ -148,19 +151,19 @@ def top(address: str, interval: float, once: bool) -> None:
     base = base_url(address)
     if once:
         try:
-            metrics = fetch(base)
-        except (OSError, ValueError) as exc:
-            click.echo(f"wallaroo top: cannot read metrics at {base}: {exc}; is the run up, and "
-                       f"is this the address it printed at startup?", err=True)
+            screen = render(fetch(base), base, shutil.get_terminal_size().columns)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            click.echo(f"wallaroo top: cannot read metrics at {base}: {exc!r}; is the run up, "
+                       f"and is this the address it printed at startup?", err=True)
             sys.exit(1)
-        click.echo(render(metrics, base, shutil.get_terminal_size().columns))
+        click.echo(screen)
         return
     try:
         while True:
             width = shutil.get_terminal_size().columns
             try:
                 screen = render(fetch(base), base, width)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, KeyError, TypeError) as exc:
                 screen = f"wallaroo top: cannot read metrics at {base} ({exc}); trying again"
             click.echo(CLEAR + screen + f"\n\n(every {interval:g} s; Ctrl-C to quit)", nl=True)
             time.sleep(interval)

@@ -214,7 +214,7 @@ function every(period, poll) {
 async function pollMetrics() {
   try {
     const metrics = await fetchJson("/api/metrics");
-    if (!state.graph || state.graph.app !== metrics.app) state.graph = await fetchJson("/api/graph");
+    if (graphOutdated(metrics)) state.graph = await fetchJson("/api/graph");
     state.metrics = metrics;
     state.failure = null;
     state.lastSuccess = Date.now();
@@ -222,6 +222,14 @@ async function pollMetrics() {
     state.failure = failureText(error);
   }
   renderAll();   // outside the try: a bug in rendering is reported, not taken for a failed fetch
+}
+
+/** Whether the graph must be fetched again: none yet, another app, or workers that have
+ * reported since (the sinks' names in the graph are the ones the workers report). */
+function graphOutdated(metrics) {
+  const graph = state.graph;
+  return !graph || graph.app !== metrics.app
+    || (graph.workers ?? []).length !== (metrics.workers ?? []).length;
 }
 
 async function pollHistory() {
