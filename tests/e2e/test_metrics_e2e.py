@@ -285,6 +285,25 @@ def test_top_against_a_running_app(processes, listener, tmp_path):
         assert as_top_shows(s["name"]) in out, f"top does not show stage {s['name']!r}:\n{out}"
     assert "initializer" in out and "words -> sink 0" in out
     assert "500" in out
+
+    # refreshed in place until Ctrl-C, which ends it cleanly
+    watching = subprocess.Popen([WALLAROO, "top", "--metrics", f"{HOST}:{port}", "--interval",
+                                 "0.2"], env=app_env(COLUMNS="200"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        run.send(100, 500)
+        wait_counted(run, 600)
+        time.sleep(0.6)
+    finally:
+        watching.send_signal(signal.SIGINT)
+        out, err = watching.communicate(timeout=10)
+    assert watching.returncode == 0, err
+    # (not on a terminal, click leaves out the escape that clears the screen: one table a turn)
+    screens = out.split("(every 0.2 s; Ctrl-C to quit)")[:-1]
+    assert len(screens) >= 5, out
+    assert "500" in screens[0] and "600" in screens[-1], (screens[0], screens[-1])
+    assert "Traceback" not in err, err
     assert run.stop() == 0, run.proc.describe()
 
 
