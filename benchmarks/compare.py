@@ -856,6 +856,18 @@ def _scaled_case(name: str, scale: float, tmp: Path) -> Case:
     return Case(work, max(200, int(work.size * scale)), tmp)
 
 
+def _section(title: str, header: str, format_row, results) -> list[dict]:
+    """Print a section of the report: its title, its header, then each result (a dict, as it
+    comes: every row shows as soon as it is measured); the results, for the JSON report."""
+    print(f"\n# {title}")
+    print(header)
+    rows = []
+    for r in results:
+        rows.append(r)
+        print(format_row(r), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report: dict = {"commit": _commit(), "python": platform.python_version(),
@@ -891,38 +903,32 @@ def main(argv: list[str] | None = None) -> int:
                 report["state"].append(r)
                 print(f"{name:<16}{r['engine']:>14,.0f}{r['plain']:>13,.0f}", flush=True)
         if args.scaling:
-            print(f"\n# scaling: wallaroo-run --workers N on files; rate from every worker "
-                  f"reading to the end (startup left out, wall = whole run in s); speedup over "
-                  f"{args.scaling[0]} worker(s); plain = the twin in one process")
-            print(f"{'workload':<16}{'workers':>8}{'items':>12}{'items/s':>14}{'speedup':>9}"
-                  f"{'plain/s':>14}{'ratio':>8}{'wall':>9}")
-            report["scaling"] = []
-            for name in args.scaling_workloads:
-                case = _scaled_case(name, args.scale, tmp)
-                for r in run_scaling(case, args.scaling, args.rounds):
-                    report["scaling"].append(r)
-                    print(format_scaling(r), flush=True)
+            report["scaling"] = _section(
+                f"scaling: wallaroo-run --workers N on files; rate from every worker reading to "
+                f"the end (startup left out, wall = whole run in s); speedup over "
+                f"{args.scaling[0]} worker(s); plain = the twin in one process",
+                f"{'workload':<16}{'workers':>8}{'items':>12}{'items/s':>14}{'speedup':>9}"
+                f"{'plain/s':>14}{'ratio':>8}{'wall':>9}", format_scaling,
+                (r for name in args.scaling_workloads
+                 for r in run_scaling(_scaled_case(name, args.scale, tmp), args.scaling,
+                                      args.rounds)))
         if args.resilience:
-            print(f"\n# resilience: wallaroo-run on files, checkpoints every "
-                  f"{args.resilience:g} s against none (1 worker); ratio = with / without; "
-                  f"checkpoint: median duration (ms, barrier to all acknowledged) and size (MB)")
-            print(f"{'workload':<16}{'items':>12}{'off/s':>14}{'on/s':>14}{'ratio':>8}"
-                  f"{'ckpts':>8}{'ckpt ms':>10}{'ckpt MB':>10}")
-            report["resilience"] = []
-            for name in args.resilience_workloads:
-                case = _scaled_case(name, args.scale, tmp)
-                r = run_resilience(case, args.resilience, args.rounds)
-                report["resilience"].append(r)
-                print(format_resilience(r), flush=True)
+            report["resilience"] = _section(
+                f"resilience: wallaroo-run on files, checkpoints every {args.resilience:g} s "
+                f"against none (1 worker); ratio = with / without; checkpoint: median duration "
+                f"(ms, barrier to all acknowledged) and size (MB)",
+                f"{'workload':<16}{'items':>12}{'off/s':>14}{'on/s':>14}{'ratio':>8}"
+                f"{'ckpts':>8}{'ckpt ms':>10}{'ckpt MB':>10}", format_resilience,
+                (run_resilience(_scaled_case(name, args.scale, tmp), args.resilience, args.rounds)
+                 for name in args.resilience_workloads))
         if args.metrics_cost:
-            print("\n# metrics: wallaroo-run on files with metrics on (the default) against "
-                  "--no-metrics (1 worker, rounds interleaved); ratio = on / off")
-            print(f"{'workload':<16}{'items':>12}{'off/s':>14}{'on/s':>14}{'ratio':>8}")
-            report["metrics_cost"] = []
-            for name in args.metrics_cost:
-                r = run_metrics_cost(_scaled_case(name, args.scale, tmp), args.rounds)
-                report["metrics_cost"].append(r)
-                print(format_metrics_cost(r), flush=True)
+            report["metrics_cost"] = _section(
+                "metrics: wallaroo-run on files with metrics on (the default) against "
+                "--no-metrics (1 worker, rounds interleaved); ratio = on / off",
+                f"{'workload':<16}{'items':>12}{'off/s':>14}{'on/s':>14}{'ratio':>8}",
+                format_metrics_cost,
+                (run_metrics_cost(_scaled_case(name, args.scale, tmp), args.rounds)
+                 for name in args.metrics_cost))
         if args.latency:
             report["latency"] = run_latency(args.latency, args, tmp)
         if args.soak:
